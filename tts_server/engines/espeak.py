@@ -1,0 +1,151 @@
+"""espeak-ng as an offline TTS engine (formant synthesis, no model weights).
+
+The shared library and its data come from the ``espeakng-loader`` wheel, or from the
+system (Debian's ``libespeak-ng1``). The binding below uses the library's documented
+C API (``speak_lib.h``): ``espeak_Initialize`` in synchronous mode, a synth callback
+that collects 16-bit samples, ``espeak_Synth`` with UTF-8 text.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+
+from .base import EngineLoadError
+
+log = logging.getLogger(__name__)
+
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_POS_CHARACTER = 1
+_CHARS_UTF8 = 1
+_PARAM_RATE = 1
+_PARAM_PITCH = 3
+_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+class _Library:
+    """Process-wide espeak-ng instance: the C library holds global state, so one lock guards it."""
+
+    _instance: _Library | None = None
+    _instance_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        lib_path, data_dir = _locate()
+        try:
+            self.lib = ctypes.CDLL(lib_path)
+        except OSError as exc:
+            raise EngineLoadError(f"espeak-ng: cannot load the library {lib_path}: {exc}") from exc
+        self.lib.espeak_Initialize.restype = ctypes.c_int
+        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        self.lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
+        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        self.lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+            ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+        ]
+        rate = self.lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, 100, data_dir.encode() if data_dir else None, 0
+        )
+        if rate <= 0:
+            raise EngineLoadError(f"espeak-ng: espeak_Initialize failed (data directory {data_dir!r})")
+        self.sample_rate = int(rate)
+        self.lock = threading.Lock()
+        self._chunks: list[np.ndarray] = []
+        self._callback = _SynthCallback(self._on_samples)  # keep a reference: the C side holds it
+        self.lib.espeak_SetSynthCallback(self._callback)
+
+    @classmethod
+    def get(cls) -> _Library:
+        with cls._instance_lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def _on_samples(self, wav, num_samples, _events) -> int:
+        if wav and num_samples > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
+        return 0
+
+    def synthesize(self, text: str, voice: str, rate_wpm: int, pitch: int) -> np.ndarray:
+        data = text.encode("utf-8") + b"\0"
+        with self.lock:
+            self._chunks = []
+            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise ValueError(f"espeak-ng has no voice named {voice!r}")
+            self.lib.espeak_SetParameter(_PARAM_RATE, rate_wpm, 0)
+            self.lib.espeak_SetParameter(_PARAM_PITCH, pitch, 0)
+            err = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+            if err != 0:
+                raise RuntimeError(f"espeak_Synth failed with code {err}")
+            chunks, self._chunks = self._chunks, []
+        if not chunks:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(chunks).astype(np.float32) / 32768.0
+
+
+def _locate() -> tuple[str, str | None]:
+    """Return (library path, data directory) from espeakng-loader, else the system library."""
+    try:
+        import espeakng_loader
+    except ImportError:
+        espeakng_loader = None
+    if espeakng_loader is not None:
+        return str(espeakng_loader.get_library_path()), str(espeakng_loader.get_data_path())
+    name = ctypes.util.find_library("espeak-ng")
+    if name is None:
+        raise EngineLoadError(
+            "espeak-ng is not installed: `pip install espeakng-loader` (or `apt-get install libespeak-ng1`)"
+        )
+    return name, None
+
+
+def synthesize_speech(text: str, voice: str = "en-us", rate_wpm: int = 175, pitch: int = 50) -> tuple[np.ndarray, int]:
+    """Synthesize ``text`` with espeak-ng in one call.
+
+    Returns:
+        ``(audio, sample_rate)``: ``(N,)`` float32 in [-1, 1] and its sample rate in Hz
+        (22 050 for espeak-ng).
+
+    Raises:
+        EngineLoadError: the library or its data cannot be found.
+        ValueError: ``voice`` is not an espeak-ng voice.
+    """
+    lib = _Library.get()
+    return lib.synthesize(text, voice, rate_wpm, pitch), lib.sample_rate
+
+
+class EspeakEngine:
+    """Offline engine over espeak-ng; real words without any model download.
+
+    Yields ``chunk_ms`` chunks of float32 mono at the library's sample rate (22 050 Hz).
+    Synthesis of one segment is a single fast library call (well over 50× real time);
+    it is then cut into chunks so that cancellation and scheduling work as for Soprano.
+
+    Raises:
+        EngineLoadError: from the constructor, when the library or its data is missing.
+    """
+
+    name = "espeak"
+    device = "cpu"
+
+    def __init__(self, voice: str = "en-us", rate_wpm: int = 175, pitch: int = 50, chunk_ms: int = 100) -> None:
+        self._lib = _Library.get()
+        self.voice = voice
+        self.rate_wpm = rate_wpm
+        self.pitch = pitch
+        self.model = f"espeak-ng:{voice}"
+        self.sample_rate = self._lib.sample_rate
+        self._chunk = max(1, self.sample_rate * chunk_ms // 1000)
+        self._lib.synthesize("", voice, rate_wpm, pitch)  # validates the voice name now, not mid-stream
+
+    def synthesize(self, text: str) -> Iterator[np.ndarray]:
+        """See :meth:`TTSEngine.synthesize`."""
+        audio = self._lib.synthesize(text, self.voice, self.rate_wpm, self.pitch)
+        for start in range(0, len(audio), self._chunk):
+            yield audio[start : start + self._chunk]
