@@ -1,0 +1,149 @@
+"""The ``tts-server`` command: ``serve`` (default) runs the server, ``say`` speaks through a running one."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("tts_server")
+
+DEFAULT_CONFIG = Path("config.toml")
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the TTS server (default)")
+    p.add_argument("--config", type=Path, help="TOML settings file (default: ./config.toml if present)")
+    p.add_argument("--host", help="address to listen on")
+    p.add_argument("--port", type=int, help="port to listen on")
+    p.add_argument("--engine", choices=["auto", "soprano", "espeak"], help="TTS engine")
+    p.add_argument("--model-path", help="local Soprano model directory (the Hub repo's files)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+
+
+def _say_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("say", help="speak text through a running server's /ws/stream and save a WAV")
+    p.add_argument("text", help="text to speak")
+    p.add_argument("-o", "--output", type=Path, default=Path("say.wav"), help="WAV file to write")
+    p.add_argument("--url", default="ws://127.0.0.1:8765/ws/stream", help="the server's /ws/stream URL")
+    p.add_argument("--pitch-shift", type=float, default=0.0, help="semitones, -24..24")
+    p.add_argument("--format", choices=["f32", "s16"], default="s16", help="WAV sample format")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the audio")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tts-server", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    _serve_parser(sub)
+    _say_parser(sub)
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+    from .config import ConfigError, load_config
+    from .engines import EngineLoadError
+
+    config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    overrides = {
+        "server": {"host": args.host, "port": args.port},
+        "engine": {"name": args.engine, "device": args.device},
+        "soprano": {"model_path": args.model_path},
+    }
+    try:
+        config = load_config(config_path, overrides)
+    except ConfigError as exc:
+        print(f"tts-server: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.server.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.engine.threads:
+        import torch
+
+        torch.set_num_threads(config.engine.threads)
+    try:
+        web.run_app(create_app(config), host=config.server.host, port=config.server.port, print=None)
+    except EngineLoadError as exc:
+        print(f"tts-server: cannot start: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def llm_like_tokens(text: str) -> list[str]:
+    """Split text the way LLMs stream it: words with their leading space, punctuation apart."""
+    return re.findall(r"\s*[\w'’]+|\s*[^\w\s]|\s+", text)
+
+
+async def say(text: str, url: str, pitch_shift: float = 0.0, timeout_s: float = 120.0):
+    """Stream ``text`` token by token to ``/ws/stream`` and collect the reply.
+
+    Returns:
+        ``(audio, ttfa_s)``: ``(N,)`` float32 at 48 kHz, and the time from the last token
+        sent to the first audio received (``None`` if there was none).
+
+    Raises:
+        RuntimeError: the server sent an error or closed the connection.
+        TimeoutError: no ``flushed`` event within ``timeout_s``.
+    """
+    import aiohttp
+    import numpy as np
+
+    parts: list[np.ndarray] = []
+    first_audio = None
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url, max_msg_size=0) as ws:
+            await ws.send_json({"events": True})
+            for token in llm_like_tokens(text):
+                await ws.send_json({"token": token, "pitch_shift": pitch_shift})
+            sent = time.perf_counter()
+            await ws.send_json({"flush": True})
+            async with asyncio.timeout(timeout_s):
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        first_audio = first_audio or time.perf_counter()
+                        parts.append(np.frombuffer(msg.data, dtype="<f4"))
+                    elif msg.type == aiohttp.WSMsgType.TEXT:
+                        event = json.loads(msg.data)
+                        if "error" in event:
+                            raise RuntimeError(f"server error: {event['error']}")
+                        if event.get("type") == "flushed":
+                            break
+                    else:
+                        raise RuntimeError(f"connection closed: {ws.close_code} {msg.extra or ''}")
+    audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    return audio, (None if first_audio is None else first_audio - sent)
+
+
+def say_command(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from .app import encode_wav
+    from .resample import OUTPUT_SAMPLE_RATE
+
+    try:
+        audio, ttfa = asyncio.run(say(args.text, args.url, args.pitch_shift, args.timeout))
+    except (aiohttp.ClientError, OSError, RuntimeError, TimeoutError) as exc:
+        print(f"tts-server say: {exc or type(exc).__name__} (is the server running at {args.url}?)", file=sys.stderr)
+        return 1
+    args.output.write_bytes(encode_wav(audio, OUTPUT_SAMPLE_RATE, args.format))
+    first = "no audio" if ttfa is None else f"first audio {ttfa * 1000:.0f} ms after the last token"
+    print(f"wrote {args.output}: {len(audio) / OUTPUT_SAMPLE_RATE:.2f} s at 48 kHz ({first})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("serve", "say", "-h", "--help"):
+        argv.insert(0, "serve")
+    args = build_parser().parse_args(argv)
+    return say_command(args) if args.command == "say" else serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
