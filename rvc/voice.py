@@ -37,7 +37,8 @@ def fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     Handles the old names (``X.weight_g`` / ``X.weight_v``, ``torch.nn.utils.weight_norm``)
     and the parametrization names (``X.parametrizations.weight.original0`` / ``original1``).
     The norm is taken over every axis on which ``g`` has size 1 (axis 0 is kept for
-    the default ``dim=0``). Computed in float32; the result keeps ``v``'s dtype.
+    the default ``dim=0``). Folded weights are float32 (rounding them back to the
+    file's fp16 would lose precision the reference keeps).
 
     Returns:
         A new dict with ``X.weight`` instead of each pair; other entries unchanged.
@@ -64,7 +65,7 @@ def fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         g, v = pair["g"].float(), pair["v"].float()
         dims = [d for d in range(v.dim()) if g.dim() <= d or g.shape[d] == 1]
         norm = torch.linalg.vector_norm(v, dim=dims, keepdim=True)
-        out[prefix + ".weight"] = (v * (g / norm)).to(pair["v"].dtype)
+        out[prefix + ".weight"] = v * (g / norm)
     return out
 
 
