@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 CONFIG = web.AppKey("config", Config)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 MAX_FRAME_BYTES = 1 << 20
+#: Largest binary frame sent, in samples (256 ms): under 64 KiB a WebSocket frame has a
+#: 4-byte header, so clients that view the payload in place as a Float32Array (the seed's
+#: Node client does) always get a 4-byte-aligned offset.
+MAX_FRAME_SAMPLES = 12_288
 
 
 def create_app(
@@ -121,7 +125,9 @@ class _Session:
         """Write the stream's audio (binary) and events (text) to the socket, in order."""
         async for event in self.stream.events():
             if isinstance(event, Audio):
-                await self.ws.send_bytes(event.pcm.astype("<f4", copy=False).tobytes())
+                pcm = event.pcm.astype("<f4", copy=False)
+                for start in range(0, pcm.size, MAX_FRAME_SAMPLES):
+                    await self.ws.send_bytes(pcm[start : start + MAX_FRAME_SAMPLES].tobytes())
             elif isinstance(event, StreamError) or self.events:
                 await self.ws.send_str(event_json(event))
 

@@ -143,6 +143,7 @@ class Stream:
         self._loop = loop
         self._segmenter = pipeline.new_segmenter()
         self.pitch_shift = 0.0
+        self._start_pitch = 0.0  # pitch_shift given with the first token of the pending text
         self._segment_counter = itertools.count()
         self._flush_counter = itertools.count(1)
         self._flush_segments: list[int] = []
@@ -172,7 +173,8 @@ class Stream:
 
         Args:
             token: text as the LLM produced it.
-            pitch_shift: semitones for this token's segment onwards (kept until changed).
+            pitch_shift: semitones from this token on (kept until changed); a segment is
+                spoken with the value given with its first token.
 
         Returns:
             The segments this token completed.
@@ -180,13 +182,15 @@ class Stream:
         Raises:
             PendingTextFull: the token would exceed ``max_pending_chars`` (nothing is added).
         """
-        if pitch_shift is not None:
-            self.pitch_shift = float(pitch_shift)
         if self._segmenter.pending_chars + len(token) > self._pipeline.max_pending_chars:
             raise PendingTextFull(
                 f"too much unspoken text: {self._segmenter.pending_chars} characters are buffered and the "
                 f"limit is {self._pipeline.max_pending_chars}; send a flush"
             )
+        if pitch_shift is not None:
+            self.pitch_shift = float(pitch_shift)
+        if self._segmenter.pending_chars == 0:
+            self._start_pitch = self.pitch_shift
         return self._enqueue(self._segmenter.push(token))
 
     def flush(self) -> int:
@@ -243,8 +247,12 @@ class Stream:
             yield await self.get()
 
     def _enqueue(self, texts: list[str]) -> list[Segment]:
+        """Queue cut segments: the first keeps the pitch its text began with, later ones the current."""
         now = time.monotonic()
-        segments = [Segment(next(self._segment_counter), text, self.pitch_shift, now) for text in texts]
+        pitches = [self._start_pitch] + [self.pitch_shift] * (len(texts) - 1)
+        segments = [Segment(next(self._segment_counter), t, p, now) for t, p in zip(texts, pitches)]
+        if texts:
+            self._start_pitch = self.pitch_shift
         if segments:
             with self._lock:
                 self._work.extend(segments)

@@ -100,7 +100,8 @@ def clean_for_speech(text: str) -> str:
     text = _MD_RULE.sub(" ", text)
     text = _MD_LINE_MARKER.sub("", text)
     text = _MD_EMPHASIS.sub("", text)
-    text = _TABLE_PIPE.sub(", ", text) if "|" in text else text
+    if "|" in text:
+        text = ", ".join(cell for cell in _TABLE_PIPE.split(text) if cell)
     text = emoji.replace_emoji(text, "")
     text = "".join(ch for ch in text if unicodedata.category(ch) not in ("So", "Cs", "Co", "Cn"))
     text = _SPACES.sub(" ", text).strip()
@@ -186,11 +187,12 @@ class Segmenter:
                 if has_speakable(buf[:i]):
                     return i + 1
             elif ch in IMMEDIATE_ENDS or ch in IMMEDIATE_PAUSES or ch in AMBIGUOUS_ENDS or ch in AMBIGUOUS_PAUSES:
-                if self._in_url(i):
+                url = self._url_position(i)
+                if url == "inside":
                     i += 1
                     continue
                 end = self._after_closers(i + 1)
-                if ch in AMBIGUOUS_ENDS or ch in AMBIGUOUS_PAUSES:
+                if ch in AMBIGUOUS_ENDS or ch in AMBIGUOUS_PAUSES or url == "end":
                     if end >= n:
                         if not final:
                             return None  # the next character decides
@@ -227,15 +229,19 @@ class Segmenter:
             end += 1
         return start, end
 
-    def _in_url(self, i: int) -> bool:
-        """True if position ``i`` is inside a URL, e-mail address or bare domain (not at its end)."""
+    def _url_position(self, i: int) -> str | None:
+        """Where position ``i`` falls in a URL, e-mail address or bare domain.
+
+        ``"inside"``: part of the address, never a boundary. ``"end"``: punctuation at
+        its end, which is a boundary only if white space follows (``?`` at the end of
+        the buffer may still be a query string). ``None``: not in an address.
+        """
         start, end = self._word_around(i)
         word = self._buf[start:end]
         if not (_URL_WORD.match(word) or _DOMAIN_WORD.match(word)):
-            return False
-        # Trailing punctuation after the address is ordinary punctuation.
+            return None
         tail = len(word.rstrip(".,;:!?)\"'”’*_"))
-        return i - start < tail
+        return "inside" if i - start < tail else "end"
 
     def _protected_period(self, i: int) -> bool:
         """True if the period at ``i`` belongs to an abbreviation, an initial, a list number or ``...``-less decimal."""

@@ -119,7 +119,7 @@ def prepare_text(text: str) -> str:
     for pattern, spoken in _SPOKEN_ABBREVIATIONS:
         text = pattern.sub(spoken, text)
     text = _INITIALISM.sub(lambda m: " ".join(m.group(0).replace(".", " ").split()) + " ", text)
-    text = _THOUSANDS.sub(lambda m: _inflect.number_to_words(m.group(0).replace(",", ""), andword=""), text)
+    text = _THOUSANDS.sub(lambda m: _inflect.number_to_words(m.group(0).replace(",", ""), andword="", comma=""), text)
     return clean_text(text) if any(ch.isalnum() for ch in text) else ""
 
 

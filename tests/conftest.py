@@ -1,0 +1,67 @@
+"""Shared fixtures: random-weight Soprano models in the Hub layout, and a running server."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from tts_server.random_soprano import build_soprano_dir
+
+#: Audio tokens every sentence of the default test model generates (0.704 s of audio).
+TEST_AUDIO_TOKENS = 12
+
+
+@pytest.fixture(scope="session")
+def soprano_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A small random-weight Soprano directory: every sentence yields TEST_AUDIO_TOKENS tokens."""
+    return build_soprano_dir(tmp_path_factory.mktemp("soprano"), audio_tokens=TEST_AUDIO_TOKENS)
+
+
+@pytest.fixture(scope="session")
+def soprano_engine(soprano_dir):
+    """The real Soprano engine loaded from :func:`soprano_dir`."""
+    from tts_server.engines.soprano import SopranoEngine
+
+    return SopranoEngine(soprano_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def make_soprano_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable:
+    """Build (and cache) a random Soprano directory for a given number of audio tokens."""
+    cache = {}
+
+    def make(audio_tokens: int | None, **kwargs):
+        key = (audio_tokens, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = build_soprano_dir(tmp_path_factory.mktemp("soprano"), audio_tokens=audio_tokens, **kwargs)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[Callable]:
+    """Start the real aiohttp server on a free port: ``await make_server(engine, overrides)``.
+
+    Returns ``(base_url, app)``; every server started is closed after the test.
+    """
+    from aiohttp.test_utils import TestServer
+
+    from tts_server.app import create_app
+    from tts_server.config import load_config
+
+    servers: list[TestServer] = []
+
+    async def start(engine, overrides: dict | None = None, **app_kwargs):
+        config = load_config(None, {"engine": {"warmup": False}, **(overrides or {})})
+        server = TestServer(create_app(config, engine=engine, **app_kwargs), host="127.0.0.1", port=0)
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("")).rstrip("/"), server.app
+
+    yield start
+    for server in servers:
+        with contextlib.suppress(Exception):
+            await server.close()

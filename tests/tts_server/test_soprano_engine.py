@@ -1,0 +1,179 @@
+"""The Soprano engine: real loading code, exact streaming, the package as reference, bad files."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TEST_AUDIO_TOKENS
+from tts_server.engines import soprano as soprano_mod
+from tts_server.engines.base import EngineLoadError
+from tts_server.engines.soprano import TOKEN_SAMPLES, SopranoEngine, prepare_text, resolve_model_dir
+
+SENTENCE = "Hello world, this is a test of the streaming system."
+
+
+def test_streamed_chunks_equal_one_shot_decoding(soprano_engine):
+    chunks = list(soprano_engine.synthesize(SENTENCE))
+    latents = torch.stack(list(soprano_engine.latents(prepare_text(SENTENCE))))
+    assert latents.shape == (TEST_AUDIO_TOKENS, 512)
+    one_shot = soprano_engine.decode(latents).numpy()
+    streamed = np.concatenate(chunks)
+    assert streamed.dtype == np.float32
+    assert streamed.shape == one_shot.shape == ((TEST_AUDIO_TOKENS - 1) * TOKEN_SAMPLES,)
+    np.testing.assert_allclose(streamed, one_shot, rtol=0, atol=1e-6 * np.abs(one_shot).max())
+
+
+def test_first_chunk_comes_after_four_latents_then_chunks_grow(soprano_engine):
+    sizes = [len(c) for c in soprano_engine.stream_decode(iter(torch.randn(40, 512)))]
+    assert sizes[0] == 4 * TOKEN_SAMPLES - soprano_mod.LOOKAHEAD_SAMPLES == 1536
+    assert sizes[1:4] == [2048, 4096, 8192]
+    assert max(sizes) == soprano_engine.chunk_samples == 4 * TOKEN_SAMPLES
+    assert sum(sizes) == 39 * TOKEN_SAMPLES
+
+
+def test_audio_equals_the_soprano_package_one_shot_infer(soprano_dir, soprano_engine):
+    """Reference: ``soprano-tts``'s own ``SopranoTTS.infer`` on the same files and sentence."""
+    from soprano.tts import SopranoTTS
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints device and latency
+        reference = SopranoTTS(model_path=str(soprano_dir), device="cpu").infer(SENTENCE).numpy()
+    ours = np.concatenate(list(soprano_engine.synthesize(SENTENCE)))
+    assert ours.shape == reference.shape
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-6 * np.abs(reference).max())
+
+
+def _strong_decoder_engine(soprano_dir) -> SopranoEngine:
+    """An engine whose decoder uses its whole receptive field (random init decays too fast to show it)."""
+    engine = SopranoEngine(soprano_dir, device="cpu")
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for block in engine.decoder.decoder.convnext:
+            block.dwconv.weight.copy_(torch.randn(block.dwconv.weight.shape, generator=g) * 0.6)
+            block.gamma.fill_(1.0)
+        engine.decoder.decoder.embed.weight.mul_(20)
+    return engine
+
+
+def test_chunk_edges_are_exact_with_the_minimal_lookahead_and_not_with_less(soprano_dir, monkeypatch):
+    engine = _strong_decoder_engine(soprano_dir)
+    latents = torch.randn(30, 512, generator=torch.Generator().manual_seed(3))
+    one_shot = engine.decode(latents).numpy()
+    scale = np.abs(one_shot).max()
+    streamed = np.concatenate(list(engine.stream_decode(iter(latents))))
+    assert np.abs(streamed - one_shot).max() <= 1e-6 * scale
+
+    # Less look-ahead or left context is measurably wrong: the bounds are not loose guesses.
+    monkeypatch.setattr(soprano_mod, "LOOKAHEAD_SAMPLES", soprano_mod.LOOKAHEAD_SAMPLES - TOKEN_SAMPLES)
+    short_right = np.concatenate(list(engine.stream_decode(iter(latents))))
+    assert np.abs(short_right - one_shot).max() > 1e-5 * scale
+    monkeypatch.undo()
+
+    monkeypatch.setattr(soprano_mod, "LEFT_CONTEXT_SAMPLES", soprano_mod.LEFT_CONTEXT_SAMPLES - 2 * TOKEN_SAMPLES)
+    short_left = np.concatenate(list(engine.stream_decode(iter(latents))))
+    assert np.abs(short_left - one_shot).max() > 1e-5 * scale
+
+
+@pytest.mark.parametrize("tokens", [0, 1])
+def test_sentence_with_no_decodable_audio_yields_nothing(make_soprano_dir, tokens):
+    engine = SopranoEngine(make_soprano_dir(tokens), device="cpu")
+    assert list(engine.synthesize(SENTENCE)) == []
+    assert list(engine.synthesize("And the next sentence still works.")) == []
+
+
+def test_unspeakable_text_yields_nothing(soprano_engine):
+    assert list(soprano_engine.synthesize("😀 ... ---")) == []
+
+
+def test_runaway_generation_is_capped_by_text_length(make_soprano_dir):
+    engine = SopranoEngine(make_soprano_dir(None), device="cpu", max_tokens_per_char=2.0)
+    text = prepare_text("Hi there.")
+    latents = list(engine.latents(text, int(16 + 2.0 * len(text))))
+    assert len(latents) == int(16 + 2.0 * len(text))  # random weights never stop by themselves
+
+
+def test_engine_prints_nothing_to_stdout(soprano_dir, capfd):
+    engine = SopranoEngine(soprano_dir, device="cpu")
+    list(engine.synthesize(SENTENCE))
+    assert capfd.readouterr().out == ""
+
+
+def test_text_preparation_fixes_the_normaliser_quirks():
+    assert prepare_text("We have 1,234 cats.") == "we have one thousand two hundred thirty-four cats."
+    assert "for example" in prepare_text("Fruit, e.g. apples.")
+    assert "dot" not in prepare_text("The U.S. team at 5 p.m. today.")
+    assert prepare_text("😀") == ""
+
+
+# -- bad model directories ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def broken_dir(soprano_dir, tmp_path):
+    target = tmp_path / "model"
+    shutil.copytree(soprano_dir, target)
+    return target
+
+
+def test_missing_directory_is_named(tmp_path):
+    with pytest.raises(EngineLoadError, match="does not exist"):
+        resolve_model_dir(model_path=tmp_path / "nope")
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "decoder.pth", "tokenizer.json"])
+def test_missing_file_is_named(broken_dir, name):
+    (broken_dir / name).unlink()
+    with pytest.raises(EngineLoadError, match=name.replace(".", r"\.")):
+        resolve_model_dir(model_path=broken_dir)
+
+
+def test_corrupt_config_is_named(broken_dir):
+    (broken_dir / "config.json").write_text("{not json")
+    with pytest.raises(EngineLoadError, match=r"config\.json.*JSON"):
+        SopranoEngine(broken_dir, device="cpu")
+
+
+def test_config_of_another_model_is_named(broken_dir):
+    config = json.loads((broken_dir / "config.json").read_text())
+    config["hidden_size"] = 768
+    (broken_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(EngineLoadError, match=r"config\.json.*not a Soprano backbone"):
+        SopranoEngine(broken_dir, device="cpu")
+
+
+def test_truncated_weights_are_named(broken_dir):
+    weights = broken_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(EngineLoadError, match=r"model\.safetensors"):
+        SopranoEngine(broken_dir, device="cpu")
+
+
+def test_corrupt_decoder_is_named(broken_dir):
+    (broken_dir / "decoder.pth").write_bytes(b"garbage" * 100)
+    with pytest.raises(EngineLoadError, match=r"decoder\.pth.*not a readable"):
+        SopranoEngine(broken_dir, device="cpu")
+
+
+def test_decoder_of_another_layout_is_named(broken_dir):
+    torch.save({"weight": torch.zeros(3)}, broken_dir / "decoder.pth")
+    with pytest.raises(EngineLoadError, match=r"decoder\.pth.*does not match"):
+        SopranoEngine(broken_dir, device="cpu")
+
+
+def test_corrupt_tokenizer_is_named(broken_dir):
+    (broken_dir / "tokenizer.json").write_text("[]")
+    with pytest.raises(EngineLoadError, match=r"tokenizer"):
+        SopranoEngine(broken_dir, device="cpu")
+
+
+def test_hub_model_unavailable_offline_says_how_to_get_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(soprano_mod.EngineUnavailable, match="huggingface-cli download"):
+        resolve_model_dir("ekwek/Soprano-1.1-80M")
