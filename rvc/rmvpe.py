@@ -72,7 +72,8 @@ class LogMel(nn.Module):
         """``(B, N)`` float32 → ``(B, 128, 1 + N // 160)`` float32 (centred frames)."""
         spec = torch.stft(audio.float(), N_FFT, hop_length=HOP_LENGTH, win_length=N_FFT,
                           window=self.window, center=True, return_complex=True)
-        return torch.log(torch.clamp(self.mel_basis @ spec.abs(), min=1e-5))
+        magnitude = torch.sqrt(spec.real.pow(2) + spec.imag.pow(2))  # as upstream, rather than hypot
+        return torch.log(torch.clamp(self.mel_basis @ magnitude, min=1e-5))
 
 
 class ResidualConvBlock(nn.Module):
