@@ -26,6 +26,7 @@ def assets(tmp_path_factory) -> dict[str, Path]:
         "v1_40k": ra.write_voice(d / "v1_40k.pth", "v1", 40000, seed=2),
         "v1_32k_nof0": ra.write_voice(d / "v1_32k_nof0.pth", "v1", 32000, f0=False, seed=3),
         "v2_40k_nof0": ra.write_voice(d / "v2_40k_nof0.pth", "v2", 40000, f0=False, seed=4),
+        "v2_48k_nof0": ra.write_voice(d / "v2_48k_nof0.pth", "v2", 48000, f0=False, seed=4),
         "index_768": ra.write_index(d / "v2.index", 768, seed=5),
         "index_256": ra.write_index(d / "v1.index", 256, seed=6),
         "hubert": ra.write_fairseq_hubert(d / "hubert_base.pt", num_layers=HUBERT_LAYERS, ffn=HUBERT_FFN, seed=7),
@@ -33,6 +34,9 @@ def assets(tmp_path_factory) -> dict[str, Path]:
                                                seed=7, fp16=False),
         "hubert_dir": ra.write_transformers_hubert(d / "hubert_tf", num_layers=HUBERT_LAYERS, ffn=HUBERT_FFN, seed=7),
         "rmvpe": ra.write_rmvpe(d / "rmvpe.pt", seed=8),
+        # no transformer layers: features depend only on nearby audio, like a trained
+        # HuBERT's mostly do (random attention layers mix the whole buffer; see test_streaming)
+        "hubert_local": ra.write_fairseq_hubert(d / "hubert_local.pt", num_layers=0, seed=7),
     }
 
 
