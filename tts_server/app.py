@@ -12,7 +12,7 @@ import contextlib
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 import msgspec
@@ -20,11 +20,11 @@ import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from .config import Config
-from .engines import TTSEngine, load_engine
-from .pipeline import Audio, PendingTextFull, Pipeline, PipelineBusy, Stream, StreamError
+from .engines import TTSEngine
+from .pipeline import Audio, PendingTextFull, Pipeline, PipelineBusy, Stream, StreamError, VoiceFactory
 from .protocol import PITCH_LIMIT, ProtocolError, event_json, parse_message
 from .resample import OUTPUT_SAMPLE_RATE
-from .voice import VoiceStage
+from .service import build_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def create_app(
     config: Config,
     *,
     engine: TTSEngine | None = None,
-    voice_factory: Callable[[], VoiceStage] | None = None,
+    voice_factory: VoiceFactory | None = None,
 ) -> web.Application:
     """Build the application; the engine loads (off the event loop) when it starts.
 
@@ -58,35 +58,21 @@ def create_app(
     app[CONFIG] = config
 
     async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
-        loaded = engine if engine is not None else await asyncio.to_thread(load_engine, config)
-        pipeline = Pipeline(
-            loaded,
-            voice_factory=voice_factory,
-            max_streams=config.server.max_streams,
-            queue_s=config.server.stream_queue_s,
-            max_pending_chars=config.server.max_pending_chars,
-            segmenter_factory=lambda: _segmenter(config),
-        )
-        pipeline.start()
-        if config.engine.warmup:
-            await pipeline.speak("Hello there.")
-        app[PIPELINE] = pipeline
-        log.info("engine %s (%s) on %s ready", loaded.name, loaded.model, loaded.device)
-        yield
-        await asyncio.to_thread(pipeline.stop)
+        pipeline = await asyncio.to_thread(build_pipeline, config, engine=engine, voice_factory=voice_factory)
+        try:
+            if config.engine.warmup:
+                await pipeline.speak("Hello there.")
+            app[PIPELINE] = pipeline
+            log.info("engine %s (%s) on %s ready", pipeline.engine.name, pipeline.engine.model, pipeline.engine.device)
+            yield
+        finally:
+            await asyncio.to_thread(pipeline.stop)
 
     app.cleanup_ctx.append(pipeline_ctx)
     app.router.add_get("/ws/stream", ws_stream)
     app.router.add_post("/api/speak", api_speak)
     app.router.add_get("/health", health)
     return app
-
-
-def _segmenter(config: Config):
-    from .segmenter import Segmenter
-
-    s = config.segmenter
-    return Segmenter(max_chars=s.max_chars, min_clause_chars=s.min_clause_chars, newline_breaks=s.newline_breaks)
 
 
 # -- /ws/stream ------------------------------------------------------------------------------

@@ -79,6 +79,24 @@ class SegmenterSettings(_Section):
     newline_breaks: bool = True
 
 
+class RVCSettings(_Section):
+    """``[rvc]``: voice conversion (empty ``voice`` = none)."""
+
+    voice: str = ""
+    index: str = ""
+    index_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.75
+    voices_dir: str = ""
+    hubert: str = "hubert_base.pt"
+    f0_method: Literal["pm", "rmvpe"] = "pm"
+    rmvpe: str = ""
+    protect: Annotated[float, msgspec.Meta(ge=0, le=0.5)] = 0.33
+    block_ms: Annotated[float, msgspec.Meta(ge=20, le=2000)] = 250
+    context_ms: Annotated[float, msgspec.Meta(ge=0, le=10000)] = 2500
+    crossfade_ms: Annotated[float, msgspec.Meta(ge=0, le=500)] = 50
+    device: str = "auto"
+    precision: Literal["auto", "float32", "float16"] = "auto"
+
+
 class Config(_Section):
     """The whole server configuration (see ``config.toml`` for every setting's meaning)."""
 
@@ -87,6 +105,7 @@ class Config(_Section):
     soprano: SopranoSettings = msgspec.field(default_factory=SopranoSettings)
     espeak: EspeakSettings = msgspec.field(default_factory=EspeakSettings)
     segmenter: SegmenterSettings = msgspec.field(default_factory=SegmenterSettings)
+    rvc: RVCSettings = msgspec.field(default_factory=RVCSettings)
 
 
 class ConfigError(ValueError):

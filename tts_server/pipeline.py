@@ -115,6 +115,14 @@ class PipelineBusy(RuntimeError):
     """The configured maximum of concurrent streams is reached."""
 
 
+class UnknownVoice(ValueError):
+    """A stream asked for a voice the server does not have (or cannot load)."""
+
+
+#: Makes a stream's voice stage: ``None`` = the default voice. Raises :class:`UnknownVoice`.
+VoiceFactory = Callable[[str | None], VoiceStage]
+
+
 class PendingTextFull(ValueError):
     """A token would push the stream's unspoken text past ``max_pending_chars``."""
 
@@ -137,7 +145,9 @@ class Stream:
     stages under ``_lock`` only.
     """
 
-    def __init__(self, pipeline: Pipeline, stream_id: int, loop: asyncio.AbstractEventLoop, voice: VoiceStage) -> None:
+    def __init__(
+        self, pipeline: Pipeline, stream_id: int, loop: asyncio.AbstractEventLoop, voice: VoiceStage, voice_name: str | None
+    ) -> None:
         self.id = stream_id
         self._pipeline = pipeline
         self._loop = loop
@@ -155,8 +165,10 @@ class Stream:
         self._queued_samples = 0
         self._closed = False
         # Inference-thread state.
+        self.voice_name = voice_name
         self.voice = voice
         self.resampler = StreamResampler(voice.output_sample_rate, OUTPUT_SAMPLE_RATE)
+        self._next_voice: tuple[str | None, VoiceStage] | None = None
         self._job: _Job | None = None
         self._stage_epoch = 0
         self._play_until = time.monotonic()
@@ -205,6 +217,20 @@ class Stream:
             self._work.append(_FlushMark(flush_id, time.monotonic()))
         self._pipeline.wake()
         return flush_id
+
+    def set_voice(self, name: str | None) -> None:
+        """Speak the following segments in voice ``name`` (``None``: the default voice).
+
+        The change takes effect at the next segment boundary, after the current voice's
+        held audio is flushed.
+
+        Raises:
+            UnknownVoice: no such voice (the current one stays).
+        """
+        stage = self._pipeline.voice_factory(name)
+        with self._lock:
+            self._next_voice = (name, stage)
+        self.voice_name = name
 
     def cancel(self) -> None:
         """Barge-in: drop buffered text, queued segments, the segment being spoken and unsent audio."""
@@ -322,12 +348,15 @@ class Stream:
             self._post(epoch, Flushed(item.flush_id, (), 0))
             return
         if isinstance(item, Segment):
-            self._job = _Job(item, iter(engine.synthesize(item.text)))
+            self._switch_voice(epoch)
+            self._job = _Job(item, iter(()))
         job = self._job
         if job is None:
             return
         t0 = time.perf_counter()
         try:
+            if isinstance(item, Segment):
+                job.chunks = iter(engine.synthesize(item.text))
             chunk = next(job.chunks, None)
             if chunk is None:
                 job.synth_s += time.perf_counter() - t0
@@ -344,6 +373,18 @@ class Stream:
         if pcm.size and job.first_audio is None:
             job.first_audio = time.monotonic()
         job.samples += self._post_audio(epoch, pcm, job.segment.index)
+
+    def _switch_voice(self, epoch: int) -> None:
+        """Install a voice chosen with :meth:`set_voice`, flushing what the old one holds."""
+        with self._lock:
+            change, self._next_voice = self._next_voice, None
+        if change is None:
+            return
+        held = self.voice.flush()
+        pcm = self.resampler.process(held) if held.size else np.zeros(0, dtype=np.float32)
+        self._post_audio(epoch, np.concatenate([pcm, self.resampler.flush()]), -1)
+        self.voice = change[1]
+        self.resampler = StreamResampler(self.voice.output_sample_rate, OUTPUT_SAMPLE_RATE)
 
     def _abandon(self) -> None:
         """Drop the segment in progress and everything the stages hold."""
@@ -370,7 +411,8 @@ class Pipeline:
 
     Args:
         engine: the TTS engine (stage 2).
-        voice_factory: makes one voice stage per stream (stage 3); passthrough by default.
+        voice_factory: makes a stream's voice stage (stage 3) from a voice name (``None``:
+            the default); passthrough for every name by default.
         max_streams: concurrent streams allowed; :meth:`open_stream` raises past it.
         queue_s: seconds of audio a stream may have queued for its client.
         max_pending_chars: unspoken characters a stream may buffer.
@@ -381,14 +423,14 @@ class Pipeline:
         self,
         engine: TTSEngine,
         *,
-        voice_factory: Callable[[], VoiceStage] | None = None,
+        voice_factory: VoiceFactory | None = None,
         max_streams: int = 16,
         queue_s: float = 30.0,
         max_pending_chars: int = 50_000,
         segmenter_factory: Callable[[], Segmenter] = Segmenter,
     ) -> None:
         self.engine = engine
-        self.voice_factory = voice_factory or (lambda: Passthrough(engine.sample_rate))
+        self.voice_factory: VoiceFactory = voice_factory or self._no_voices
         self.max_streams = max_streams
         self.max_queued_samples = int(queue_s * OUTPUT_SAMPLE_RATE)
         self.max_pending_chars = max_pending_chars
@@ -398,6 +440,11 @@ class Pipeline:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+
+    def _no_voices(self, name: str | None) -> VoiceStage:
+        if name is not None:
+            raise UnknownVoice(f"unknown voice {name!r}: no RVC voices are configured")
+        return Passthrough(self.engine.sample_rate)
 
     @property
     def active_streams(self) -> int:
@@ -419,16 +466,22 @@ class Pipeline:
             self._thread.join(timeout_s)
             self._thread = None
 
-    def open_stream(self, loop: asyncio.AbstractEventLoop | None = None) -> Stream:
+    def open_stream(self, loop: asyncio.AbstractEventLoop | None = None, voice: str | None = None) -> Stream:
         """Open a stream whose events are delivered on ``loop`` (the running loop by default).
+
+        Args:
+            loop: event loop of the stream's consumer.
+            voice: voice name (``None``: the default voice).
 
         Raises:
             PipelineBusy: ``max_streams`` streams are open.
+            UnknownVoice: no such voice.
         """
         active = self.active_streams
         if active >= self.max_streams:
             raise PipelineBusy(f"server busy: {active} of {self.max_streams} streams in use")
-        stream = Stream(self, next(self._ids), loop or asyncio.get_running_loop(), self.voice_factory())
+        stage = self.voice_factory(voice)
+        stream = Stream(self, next(self._ids), loop or asyncio.get_running_loop(), stage, voice)
         with self._cond:
             self._streams[stream.id] = stream
         return stream
@@ -468,7 +521,7 @@ class Pipeline:
                     with self._cond:
                         self._streams.pop(stream.id, None)
 
-    async def speak(self, text: str, pitch_shift: float = 0.0) -> np.ndarray:
+    async def speak(self, text: str, pitch_shift: float = 0.0, voice: str | None = None) -> np.ndarray:
         """One-shot synthesis through a temporary stream.
 
         Returns:
@@ -476,9 +529,10 @@ class Pipeline:
 
         Raises:
             PipelineBusy: no stream is free.
+            UnknownVoice: no such voice.
             RuntimeError: synthesis of a segment failed.
         """
-        stream = self.open_stream()
+        stream = self.open_stream(voice=voice)
         try:
             stream.push(text, pitch_shift)
             stream.flush()

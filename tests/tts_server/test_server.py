@@ -390,7 +390,7 @@ async def test_pitch_shift_is_carried_to_the_voice_stage(make_server, soprano_en
             seen.append(pitch_shift)
             return audio
 
-    base, _ = await make_server(soprano_engine, voice_factory=lambda: Recording(soprano_engine.sample_rate))
+    base, _ = await make_server(soprano_engine, voice_factory=lambda name: Recording(soprano_engine.sample_rate))
     async with websockets.connect(ws_url(base)) as ws:
         await ws.send(json.dumps({"events": True}))
         await ws.send(json.dumps({"token": "Low voice here.", "pitch_shift": -5}))

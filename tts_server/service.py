@@ -1,0 +1,48 @@
+"""Assemble a running pipeline from the configuration (shared by the server and the bot)."""
+
+from __future__ import annotations
+
+from .config import Config
+from .engines import TTSEngine, load_engine
+from .pipeline import Pipeline, VoiceFactory
+from .segmenter import Segmenter
+
+
+def segmenter_factory(config: Config):
+    """A factory of segmenters with the ``[segmenter]`` settings."""
+    s = config.segmenter
+    return lambda: Segmenter(max_chars=s.max_chars, min_clause_chars=s.min_clause_chars, newline_breaks=s.newline_breaks)
+
+
+def build_pipeline(
+    config: Config,
+    *,
+    engine: TTSEngine | None = None,
+    voice_factory: VoiceFactory | None = None,
+) -> Pipeline:
+    """Load what the configuration names and return a started :class:`Pipeline`.
+
+    Blocking (model loading): call it off the event loop, e.g. ``asyncio.to_thread``.
+
+    Args:
+        config: validated settings.
+        engine: an already-loaded engine; loaded from ``[engine]`` when ``None``.
+        voice_factory: per-stream voice stages; none (passthrough) when ``None``.
+
+    Raises:
+        EngineLoadError: an engine file is missing or corrupt (the message names it).
+    """
+    if config.engine.threads:
+        import torch
+
+        torch.set_num_threads(config.engine.threads)
+    pipeline = Pipeline(
+        engine or load_engine(config),
+        voice_factory=voice_factory,
+        max_streams=config.server.max_streams,
+        queue_s=config.server.stream_queue_s,
+        max_pending_chars=config.server.max_pending_chars,
+        segmenter_factory=segmenter_factory(config),
+    )
+    pipeline.start()
+    return pipeline
