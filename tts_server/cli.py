@@ -34,6 +34,7 @@ def _say_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pitch-shift", type=float, default=0.0, help="semitones, -24..24")
     p.add_argument("--format", choices=["f32", "s16"], default="s16", help="WAV sample format")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the audio")
+    p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the server to come up")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +81,21 @@ def llm_like_tokens(text: str) -> list[str]:
     return re.findall(r"\s*[\w'’]+|\s*[^\w\s]|\s+", text)
 
 
-async def say(text: str, url: str, pitch_shift: float = 0.0, timeout_s: float = 120.0):
+async def _connect(session, url: str, wait_s: float):
+    """Connect to ``url``, retrying while the server is still starting (up to ``wait_s``)."""
+    import aiohttp
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await session.ws_connect(url, max_msg_size=0)
+        except aiohttp.ClientConnectorError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def say(text: str, url: str, pitch_shift: float = 0.0, timeout_s: float = 120.0, wait_s: float = 0.0):
     """Stream ``text`` token by token to ``/ws/stream`` and collect the reply.
 
     Returns:
@@ -90,6 +105,7 @@ async def say(text: str, url: str, pitch_shift: float = 0.0, timeout_s: float = 
     Raises:
         RuntimeError: the server sent an error or closed the connection.
         TimeoutError: no ``flushed`` event within ``timeout_s``.
+        aiohttp.ClientError: no server at ``url`` (after ``wait_s`` seconds of retries).
     """
     import aiohttp
     import numpy as np
@@ -97,7 +113,7 @@ async def say(text: str, url: str, pitch_shift: float = 0.0, timeout_s: float = 
     parts: list[np.ndarray] = []
     first_audio = None
     async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url, max_msg_size=0) as ws:
+        async with await _connect(session, url, wait_s) as ws:
             await ws.send_json({"events": True})
             for token in llm_like_tokens(text):
                 await ws.send_json({"token": token, "pitch_shift": pitch_shift})
@@ -127,7 +143,7 @@ def say_command(args: argparse.Namespace) -> int:
     from .resample import OUTPUT_SAMPLE_RATE
 
     try:
-        audio, ttfa = asyncio.run(say(args.text, args.url, args.pitch_shift, args.timeout))
+        audio, ttfa = asyncio.run(say(args.text, args.url, args.pitch_shift, args.timeout, args.wait))
     except (aiohttp.ClientError, OSError, RuntimeError, TimeoutError) as exc:
         print(f"tts-server say: {exc or type(exc).__name__} (is the server running at {args.url}?)", file=sys.stderr)
         return 1

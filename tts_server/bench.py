@@ -1,0 +1,176 @@
+"""Benchmark: time to first audio (TTFA) and real-time factor (RTF) of the server.
+
+``python -m tts_server.bench [--sentences N] [--tokens T] [--json out.json]``
+
+Builds a random-weight Soprano with the real Soprano-1.1-80M configuration (weights do
+not change the cost; every sentence is forced to ``--tokens`` audio tokens of 64 ms),
+starts the real server in-process and streams each sentence into ``/ws/stream`` token
+by token, as an LLM would. For each sentence:
+
+* TTFA: from sending the token that completes the sentence to the first audio byte
+  received by the WebSocket client;
+* RTF: from that token to the sentence's last audio byte, over the audio's duration.
+
+The same figures are measured in the same run for the ``soprano-tts`` package's own
+``SopranoTTS.infer_stream`` (model only: no server, no WebSocket, no resampling), from
+the call to its first chunk, so the ratio is visible. Not a test: numbers depend on
+the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Streaming speech starts while the model is still writing.",
+    "Can you hear the first words before the sentence is done?",
+    "Every chunk is decoded exactly where it is final!",
+    "This is the last sentence of the benchmark run.",
+    "Latency matters most for the very first words of a reply.",
+]
+
+
+def _model_dir(path: Path | None, tokens: int) -> Path:
+    from .random_soprano import REAL_CONFIG, build_soprano_dir
+
+    target = path or Path(tempfile.gettempdir()) / f"soprano-real-random-{tokens}"
+    if not (target / "decoder.pth").exists():
+        build_soprano_dir(target, audio_tokens=tokens, config=REAL_CONFIG)
+    return target
+
+
+async def _bench_server(model_dir: Path, sentences: list[str]) -> list[dict]:
+    import aiohttp
+    from aiohttp.test_utils import TestServer
+
+    from .app import create_app
+    from .cli import llm_like_tokens
+    from .config import load_config
+    from .engines.soprano import SopranoEngine
+
+    engine = await asyncio.to_thread(SopranoEngine, model_dir, device="cpu")
+    config = load_config(None, {"engine": {"warmup": True}})
+    server = TestServer(create_app(config, engine=engine), host="127.0.0.1", port=0)
+    await server.start_server()
+    url = str(server.make_url("/ws/stream")).replace("http", "ws", 1)
+    rows = []
+    try:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
+            await ws.send_json({"events": True})
+            for sentence in sentences:
+                tokens = llm_like_tokens(sentence)
+                for token in tokens[:-1]:
+                    await ws.send_json({"token": token, "pitch_shift": 0})
+                sent = time.perf_counter()
+                await ws.send_json({"token": tokens[-1], "pitch_shift": 0})
+                await ws.send_json({"token": " "})  # the next sentence's first token
+                first = last = None
+                samples = 0
+                while True:
+                    msg = await ws.receive()
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        last = time.perf_counter()
+                        first = first or last
+                        samples += len(msg.data) // 4
+                    elif msg.type == aiohttp.WSMsgType.TEXT and (event := json.loads(msg.data)).get("type") == "segment":
+                        break
+                    elif msg.type != aiohttp.WSMsgType.TEXT:
+                        raise RuntimeError(f"connection closed: {msg}")
+                audio_s = samples / 48_000
+                rows.append({
+                    "ttfa_ms": (first - sent) * 1000,
+                    "server_ttfa_ms": event["ttfa_ms"],  # segment cut → first chunk queued, inside the server
+                    "rtf": (last - sent) / audio_s,
+                    "audio_s": audio_s,
+                })
+    finally:
+        await server.close()
+    return rows
+
+
+def _bench_reference(model_dir: Path, sentences: list[str]) -> list[dict]:
+    from soprano.tts import SopranoTTS
+
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet):
+        tts = SopranoTTS(model_path=str(model_dir), device="cpu")
+    rows = []
+    for sentence in sentences:
+        with contextlib.redirect_stdout(quiet):
+            start = time.perf_counter()
+            first = None
+            samples = 0
+            for chunk in tts.infer_stream(sentence, chunk_size=1):
+                first = first or time.perf_counter()
+                samples += chunk.numel()
+            end = time.perf_counter()
+        audio_s = samples / 32_000
+        rows.append({"ttfa_ms": (first - start) * 1000, "rtf": (end - start) / audio_s, "audio_s": audio_s})
+    return rows
+
+
+def _summary(rows: list[dict]) -> dict:
+    ttfa = [r["ttfa_ms"] for r in rows]
+    rtf = [r["rtf"] for r in rows]
+    summary = {
+        "ttfa_ms_median": statistics.median(ttfa),
+        "ttfa_ms_min": min(ttfa),
+        "ttfa_ms_max": max(ttfa),
+        "rtf_median": statistics.median(rtf),
+        "sentences": len(rows),
+        "audio_s_per_sentence": rows[0]["audio_s"],
+    }
+    if "server_ttfa_ms" in rows[0]:
+        summary["server_internal_ttfa_ms_median"] = statistics.median(r["server_ttfa_ms"] for r in rows)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tts_server.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sentences", type=int, default=len(SENTENCES), help="sentences per path")
+    parser.add_argument("--tokens", type=int, default=48, help="audio tokens (64 ms) per sentence")
+    parser.add_argument("--model-dir", type=Path, help="reuse/build the random real-size model here")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sentences = (SENTENCES * (args.sentences // len(SENTENCES) + 1))[: args.sentences]
+    model_dir = _model_dir(args.model_dir, args.tokens)
+    ours = _summary(asyncio.run(_bench_server(model_dir, sentences))[1:] or [])  # the first warms caches
+    reference = _summary(_bench_reference(model_dir, sentences)[1:])
+    results = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "tokens_per_sentence": args.tokens,
+        "server_ws_stream": ours,
+        "soprano_infer_stream": reference,
+        "ttfa_ratio": reference["ttfa_ms_median"] / ours["ttfa_ms_median"],
+    }
+    print(f"Soprano-1.1-80M configuration, random weights, {args.tokens} tokens ({args.tokens * 0.064:.2f} s) per sentence, "
+          f"{len(sentences) - 1} sentences, {torch.get_num_threads()} torch threads")
+    print(f"{'path':<44} {'TTFA median':>12} {'TTFA min-max':>14} {'RTF median':>11}")
+    for name, row in (("server /ws/stream (token → first audio byte)", ours),
+                      ("soprano-tts infer_stream (call → 1st chunk)", reference)):
+        print(f"{name:<44} {row['ttfa_ms_median']:>9.0f} ms {row['ttfa_ms_min']:>6.0f}-{row['ttfa_ms_max']:<5.0f}ms {row['rtf_median']:>11.2f}")
+    print(f"TTFA ratio (infer_stream / server): {results['ttfa_ratio']:.2f}x; inside the server "
+          f"(segment cut → first chunk queued): {ours['server_internal_ttfa_ms_median']:.0f} ms")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
