@@ -130,6 +130,7 @@ class StreamingConverter:
         self._generator = self.converter.new_generator()
         self.blocks_processed = 0
         self.last_sola_offset = 0
+        self._pitch_shift = 0.0
 
     def process(self, audio: np.ndarray, pitch_shift: float = 0.0) -> np.ndarray:
         """Feed input; get back the converted audio of every block completed so far.
@@ -146,6 +147,7 @@ class StreamingConverter:
             ValueError: ``pitch_shift`` out of range, audio not 1-D or not finite.
         """
         shift_f0(np.zeros(1), pitch_shift)
+        self._pitch_shift = pitch_shift
         x = np.asarray(audio, dtype=np.float32)
         if x.ndim != 1:
             raise ValueError(f"audio must be (N,), got shape {x.shape}")
@@ -156,8 +158,10 @@ class StreamingConverter:
         self._pending = np.concatenate([self._pending, x.astype(np.float32)])
         return self._drain(pitch_shift)
 
-    def flush(self, pitch_shift: float = 0.0) -> np.ndarray:
+    def flush(self, pitch_shift: float | None = None) -> np.ndarray:
         """End of an utterance: convert what is buffered and return all remaining output.
+
+        ``pitch_shift`` defaults to the value of the last :meth:`process` call.
 
         The partial block is padded with silence; the held crossfade tail is emitted
         too (with a 10 ms fade-out), so every input sample is represented. The stream is
@@ -166,6 +170,7 @@ class StreamingConverter:
         Returns:
             ``(M,)`` float32 at :attr:`output_sample_rate` (possibly empty).
         """
+        pitch_shift = self._pitch_shift if pitch_shift is None else pitch_shift
         shift_f0(np.zeros(1), pitch_shift)
         if self._resampler is not None:
             self._pending = np.concatenate([self._pending, self._resampler.resample_chunk(

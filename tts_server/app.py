@@ -21,7 +21,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from .config import Config
 from .engines import TTSEngine
-from .pipeline import Audio, PendingTextFull, Pipeline, PipelineBusy, Stream, StreamError, VoiceFactory
+from .pipeline import Audio, PendingTextFull, Pipeline, PipelineBusy, Stream, StreamError, UnknownVoice, VoiceFactory
 from .protocol import PITCH_LIMIT, ProtocolError, event_json, parse_message
 from .resample import OUTPUT_SAMPLE_RATE
 from .service import build_pipeline
@@ -72,6 +72,7 @@ def create_app(
     app.router.add_get("/ws/stream", ws_stream)
     app.router.add_post("/api/speak", api_speak)
     app.router.add_get("/health", health)
+    app.router.add_get("/voices", voices)
     return app
 
 
@@ -99,6 +100,11 @@ class _Session:
             self.stream.cancel()
             if self.events:
                 await self.ws.send_json({"type": "cancelled"})
+        if message.voice is not msgspec.UNSET:
+            try:
+                self.stream.set_voice(message.voice)
+            except UnknownVoice as exc:
+                await self.ws.send_json({"error": str(exc)})
         if message.token is not None or message.pitch_shift is not None:
             try:
                 self.stream.push(message.token or "", message.pitch_shift)
@@ -159,6 +165,7 @@ class SpeakRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     text: Annotated[str, msgspec.Meta(min_length=1)]
     pitch_shift: Annotated[float, msgspec.Meta(ge=-PITCH_LIMIT, le=PITCH_LIMIT)] = 0.0
+    voice: str | None = None
 
 
 def _json_error(status: int, message: str) -> web.Response:
@@ -197,9 +204,11 @@ async def api_speak(request: web.Request) -> web.Response:
     if len(body.text) > config.server.max_pending_chars:
         return _json_error(413, f"text is {len(body.text)} characters; the limit is {config.server.max_pending_chars}")
     try:
-        audio = await request.app[PIPELINE].speak(body.text, body.pitch_shift)
+        audio = await request.app[PIPELINE].speak(body.text, body.pitch_shift, body.voice)
     except PipelineBusy as exc:
         return _json_error(503, str(exc))
+    except UnknownVoice as exc:
+        return _json_error(404, str(exc))
     except RuntimeError as exc:
         return _json_error(500, str(exc))
     return web.Response(body=encode_wav(audio, OUTPUT_SAMPLE_RATE, fmt), content_type="audio/wav")
@@ -218,5 +227,16 @@ async def health(request: web.Request) -> web.Response:
         "engine_sample_rate": engine.sample_rate,
         "active_streams": pipeline.active_streams,
         "max_streams": pipeline.max_streams,
+        "voice": getattr(pipeline.voice_factory, "default", None),
+    })
+
+
+async def voices(request: web.Request) -> web.Response:
+    """``GET /voices``: the RVC voices a stream may choose (``{"voice": name}``), and the default."""
+    factory = request.app[PIPELINE].voice_factory
+    describe = getattr(factory, "describe", None)
+    return web.json_response({
+        "default": getattr(factory, "default", None),
+        "voices": describe() if describe is not None else [],
     })
 

@@ -24,6 +24,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=["auto", "soprano", "espeak"], help="TTS engine")
     p.add_argument("--model-path", help="local Soprano model directory (the Hub repo's files)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--voice", help="RVC voice model (.pth); enables voice conversion")
+    p.add_argument("--index", help="the voice's faiss .index")
+    p.add_argument("--hubert", help="HuBERT content encoder: hubert_base.pt or a transformers directory")
+    p.add_argument("--rmvpe", help="rmvpe.pt for the rmvpe F0 method")
+    p.add_argument("--f0-method", choices=["pm", "rmvpe"], help="F0 estimator for RVC")
 
 
 def _say_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from rvc.errors import VoiceFileError
+
     from .app import create_app
     from .config import ConfigError, load_config
     from .engines import EngineLoadError
@@ -57,6 +64,8 @@ def serve(args: argparse.Namespace) -> int:
         "server": {"host": args.host, "port": args.port},
         "engine": {"name": args.engine, "device": args.device},
         "soprano": {"model_path": args.model_path},
+        "rvc": {"voice": args.voice, "index": args.index, "hubert": args.hubert, "rmvpe": args.rmvpe,
+                "f0_method": args.f0_method},
     }
     try:
         config = load_config(config_path, overrides)
@@ -64,13 +73,9 @@ def serve(args: argparse.Namespace) -> int:
         print(f"tts-server: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.server.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if config.engine.threads:
-        import torch
-
-        torch.set_num_threads(config.engine.threads)
     try:
         web.run_app(create_app(config), host=config.server.host, port=config.server.port, print=None)
-    except EngineLoadError as exc:
+    except (EngineLoadError, VoiceFileError, FileNotFoundError, ValueError) as exc:
         print(f"tts-server: cannot start: {exc}", file=sys.stderr)
         return 2
     return 0

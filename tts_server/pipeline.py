@@ -168,7 +168,7 @@ class Stream:
         self.voice_name = voice_name
         self.voice = voice
         self.resampler = StreamResampler(voice.output_sample_rate, OUTPUT_SAMPLE_RATE)
-        self._next_voice: tuple[str | None, VoiceStage] | None = None
+        self._next_voice: str | None | bool = False  # False: no change pending
         self._job: _Job | None = None
         self._stage_epoch = 0
         self._play_until = time.monotonic()
@@ -222,14 +222,16 @@ class Stream:
         """Speak the following segments in voice ``name`` (``None``: the default voice).
 
         The change takes effect at the next segment boundary, after the current voice's
-        held audio is flushed.
+        held audio is flushed. The voice is loaded then, on the inference thread (never
+        on the event loop); if its files turn out to be unusable, a :class:`StreamError`
+        says so and the stream keeps its current voice.
 
         Raises:
-            UnknownVoice: no such voice (the current one stays).
+            UnknownVoice: the server has no voice of that name (the current one stays).
         """
-        stage = self._pipeline.voice_factory(name)
+        self._pipeline.check_voice(name)
         with self._lock:
-            self._next_voice = (name, stage)
+            self._next_voice = name
         self.voice_name = name
 
     def cancel(self) -> None:
@@ -377,14 +379,20 @@ class Stream:
     def _switch_voice(self, epoch: int) -> None:
         """Install a voice chosen with :meth:`set_voice`, flushing what the old one holds."""
         with self._lock:
-            change, self._next_voice = self._next_voice, None
-        if change is None:
+            name, self._next_voice = self._next_voice, False
+        if name is False:
+            return
+        try:
+            stage = self._pipeline.voice_factory(name)
+        except Exception as exc:  # a bad voice file must not end the stream
+            log.warning("stream %d: voice %r refused: %s", self.id, name, exc)
+            self._post(epoch, StreamError(f"voice {name!r} refused: {exc}"))
             return
         held = self.voice.flush()
         pcm = self.resampler.process(held) if held.size else np.zeros(0, dtype=np.float32)
         self._post_audio(epoch, np.concatenate([pcm, self.resampler.flush()]), -1)
-        self.voice = change[1]
-        self.resampler = StreamResampler(self.voice.output_sample_rate, OUTPUT_SAMPLE_RATE)
+        self.voice = stage
+        self.resampler = StreamResampler(stage.output_sample_rate, OUTPUT_SAMPLE_RATE)
 
     def _abandon(self) -> None:
         """Drop the segment in progress and everything the stages hold."""
@@ -412,7 +420,9 @@ class Pipeline:
     Args:
         engine: the TTS engine (stage 2).
         voice_factory: makes a stream's voice stage (stage 3) from a voice name (``None``:
-            the default); passthrough for every name by default.
+            the default); may load files (blocking) and raise :class:`UnknownVoice`.
+            Without one every stream is a passthrough. If it has a ``names()`` method,
+            names outside it are refused at once by :meth:`Stream.set_voice`.
         max_streams: concurrent streams allowed; :meth:`open_stream` raises past it.
         queue_s: seconds of audio a stream may have queued for its client.
         max_pending_chars: unspoken characters a stream may buffer.
@@ -440,6 +450,16 @@ class Pipeline:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+
+    def check_voice(self, name: str | None) -> None:
+        """Raise :class:`UnknownVoice` if ``name`` is not one of the server's voices."""
+        if name is None:
+            return
+        names = getattr(self.voice_factory, "names", None)
+        known = names() if names is not None else None
+        if self.voice_factory == self._no_voices or (known is not None and name not in known):
+            offered = ", ".join(known or []) or "none are configured"
+            raise UnknownVoice(f"unknown voice {name!r}: available voices: {offered}")
 
     def _no_voices(self, name: str | None) -> VoiceStage:
         if name is not None:
@@ -480,8 +500,10 @@ class Pipeline:
         active = self.active_streams
         if active >= self.max_streams:
             raise PipelineBusy(f"server busy: {active} of {self.max_streams} streams in use")
-        stage = self.voice_factory(voice)
-        stream = Stream(self, next(self._ids), loop or asyncio.get_running_loop(), stage, voice)
+        self.check_voice(voice)
+        stream = Stream(self, next(self._ids), loop or asyncio.get_running_loop(), self.voice_factory(None), None)
+        if voice is not None:
+            stream.set_voice(voice)
         with self._cond:
             self._streams[stream.id] = stream
         return stream

@@ -8,8 +8,10 @@ Client → server, one JSON object per text frame:
 * ``{"cancel": true}`` — extension: drop buffered text and unsent audio (barge-in).
 * ``{"events": true}`` — extension: also receive JSON events (``segment``, ``flushed``,
   ``cancelled``); off by default so seed clients only ever see audio and errors.
+* ``{"voice": "name"}`` — extension: speak the following segments in that RVC voice
+  (``null``: the server's default); see ``GET /voices``.
 
-Keys combine in one message and apply in the order cancel, token, flush.
+Keys combine in one message and apply in the order cancel, voice, token, flush.
 
 Server → client: binary frames of little-endian float32 mono PCM at 48 kHz, and
 ``{"error": str}`` text frames. With events on, also ``{"type": ...}`` text frames.
@@ -40,9 +42,10 @@ class ClientMessage(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     flush: bool = False
     cancel: bool = False
     events: bool | None = None
+    voice: str | None | msgspec.UnsetType = msgspec.UNSET
 
 
-COMMAND_KEYS = ("token", "pitch_shift", "flush", "cancel", "events")
+COMMAND_KEYS = ("token", "pitch_shift", "flush", "cancel", "events", "voice")
 
 
 def parse_message(data: str, max_token_chars: int) -> ClientMessage:
@@ -77,8 +80,8 @@ def parse_message(data: str, max_token_chars: int) -> ClientMessage:
         raise ProtocolError(f"invalid message: {exc}") from None
     if message.token is not None and len(message.token) > max_token_chars:
         raise ProtocolError(f"token is {len(message.token)} characters long; the limit is {max_token_chars}")
-    if message.token is None and message.pitch_shift is None and not (message.flush or message.cancel) and message.events is None:
-        raise ProtocolError("empty command: send token, flush, cancel or events")
+    if not raw:
+        raise ProtocolError("empty command: send token, flush, cancel, events or voice")
     return message
 
 

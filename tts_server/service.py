@@ -6,6 +6,7 @@ from .config import Config
 from .engines import TTSEngine, load_engine
 from .pipeline import Pipeline, VoiceFactory
 from .segmenter import Segmenter
+from .voices import VoiceCatalog
 
 
 def segmenter_factory(config: Config):
@@ -27,17 +28,23 @@ def build_pipeline(
     Args:
         config: validated settings.
         engine: an already-loaded engine; loaded from ``[engine]`` when ``None``.
-        voice_factory: per-stream voice stages; none (passthrough) when ``None``.
+        voice_factory: per-stream voice stages; from ``[rvc]`` when ``None``
+            (:class:`~tts_server.voices.VoiceCatalog`; passthrough if no voice is configured).
 
     Raises:
         EngineLoadError: an engine file is missing or corrupt (the message names it).
+        rvc.VoiceFileError: a configured RVC file is missing or unusable (named).
     """
     if config.engine.threads:
         import torch
 
         torch.set_num_threads(config.engine.threads)
+    engine = engine or load_engine(config)
+    if voice_factory is None:
+        catalog = VoiceCatalog(config.rvc, engine.sample_rate, engine.device)
+        voice_factory = catalog if catalog.enabled else None
     pipeline = Pipeline(
-        engine or load_engine(config),
+        engine,
         voice_factory=voice_factory,
         max_streams=config.server.max_streams,
         queue_s=config.server.stream_queue_s,

@@ -1,0 +1,132 @@
+"""The server's RVC voices: the configured default and a folder of voices to choose from.
+
+Builds stage 3 of the pipeline from ``[rvc]``: the content encoder (HuBERT) and the F0
+estimator are loaded once and shared; each voice's models are loaded once (the default
+at start-up, folder voices on first use) and every stream gets its own
+:class:`rvc.StreamingConverter` (its own buffers, pitch cache and crossfade state).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import torch
+
+from .config import RVCSettings
+from .pipeline import UnknownVoice
+from .voice import Passthrough, VoiceStage
+
+log = logging.getLogger(__name__)
+
+
+def _dtype(precision: str, device: str) -> torch.dtype:
+    if precision == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, precision)
+
+
+class VoiceCatalog:
+    """Voice stages by name, for :class:`~tts_server.pipeline.Pipeline` (``voice_factory``).
+
+    Args:
+        settings: the ``[rvc]`` section.
+        input_sample_rate: sample rate in Hz of the TTS engine's audio (32 000 for Soprano).
+        device: device for RVC when ``settings.device`` is ``"auto"`` (the engine's).
+        noise: sample the prior and NSF noise (RVC's behaviour); ``False`` makes the
+            conversion deterministic (tests).
+
+    Raises (from the constructor, so the server refuses to start):
+        rvc.VoiceFileError: the default voice, its index, the HuBERT or ``rmvpe.pt`` file
+            is missing or unusable (the message names the file and the problem).
+        FileNotFoundError: ``voices_dir`` is not a directory.
+    """
+
+    def __init__(self, settings: RVCSettings, input_sample_rate: int, device: str = "cpu", *, noise: bool = True) -> None:
+        self.settings = settings
+        self.noise = noise
+        self.input_sample_rate = input_sample_rate
+        self.device = device if settings.device == "auto" else settings.device
+        self.dtype = _dtype(settings.precision, self.device)
+        self._files: dict[str, tuple[Path, Path | None]] = {}
+        self._converters: dict[str, object] = {}
+        self._lock = threading.Lock()
+        self.default: str | None = None
+        if settings.voices_dir:
+            folder = Path(settings.voices_dir).expanduser()
+            if not folder.is_dir():
+                raise FileNotFoundError(f"[rvc] voices_dir {folder} is not a directory")
+            for pth in sorted(folder.glob("*.pth")):
+                index = pth.with_suffix(".index")
+                self._files[pth.stem] = (pth, index if index.is_file() else None)
+        if settings.voice:
+            pth = Path(settings.voice).expanduser()
+            self.default = pth.stem
+            self._files[pth.stem] = (pth, Path(settings.index).expanduser() if settings.index else None)
+        self.enabled = bool(self._files)
+        if not self.enabled:
+            return
+        import rvc
+
+        self._content = rvc.load_content_encoder(Path(settings.hubert).expanduser(), device=self.device, dtype=self.dtype)
+        rmvpe = Path(settings.rmvpe).expanduser() if settings.rmvpe else None
+        self._f0 = rvc.load_f0_estimator(settings.f0_method, rmvpe, device=self.device, dtype=self.dtype)
+        if self.default is not None:
+            self._converter(self.default)  # a bad default voice stops the server here
+
+    def names(self) -> list[str]:
+        """Names of the voices offered (file stems)."""
+        return sorted(self._files)
+
+    def describe(self) -> list[dict]:
+        """What ``GET /voices`` lists: name, files, whether it is the default and loaded."""
+        return [
+            {
+                "name": name,
+                "file": str(pth),
+                "index": str(index) if index else None,
+                "default": name == self.default,
+                "loaded": name in self._converters,
+            }
+            for name, (pth, index) in sorted(self._files.items())
+        ]
+
+    def _converter(self, name: str):
+        import rvc
+
+        with self._lock:
+            if name not in self._converters:
+                pth, index = self._files[name]
+                voice = rvc.load_voice(
+                    pth, index_path=index, index_rate=self.settings.index_rate, device=self.device, dtype=self.dtype
+                )
+                self._converters[name] = rvc.VoiceConverter(
+                    voice, self._content, self._f0, protect=self.settings.protect, noise=self.noise
+                )
+            return self._converters[name]
+
+    def __call__(self, name: str | None) -> VoiceStage:
+        """A new voice stage for one stream (blocking: may load the voice's files).
+
+        Args:
+            name: a voice name, or ``None`` for the default (no conversion if there is none).
+
+        Raises:
+            UnknownVoice: no such voice, or its files are unusable (the message says why).
+        """
+        import rvc
+
+        name = name if name is not None else self.default
+        if name is None:
+            return Passthrough(self.input_sample_rate)
+        if name not in self._files:
+            raise UnknownVoice(f"unknown voice {name!r}: available voices: {', '.join(self.names()) or 'none'}")
+        try:
+            converter = self._converter(name)
+        except rvc.VoiceFileError as exc:
+            raise UnknownVoice(str(exc)) from exc
+        s = self.settings
+        return rvc.StreamingConverter(
+            converter, self.input_sample_rate, block_ms=s.block_ms, context_ms=s.context_ms, crossfade_ms=s.crossfade_ms
+        )
