@@ -218,6 +218,7 @@ class SopranoEngine:
         weights = self._file("model.safetensors")
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the loader's progress bars and notices are not ours to print
+        hf_logging.disable_progress_bar()
         try:
             self.lm, info = AutoModelForCausalLM.from_pretrained(
                 self.model_dir, dtype=self.dtype, output_loading_info=True
@@ -226,6 +227,7 @@ class SopranoEngine:
             raise EngineLoadError(f"{weights}: cannot load the language model ({type(exc).__name__}: {exc})") from None
         finally:
             hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
         problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "mismatched_keys")}
         if problems:
             raise EngineLoadError(f"{weights}: weights do not match config.json: {problems}")
