@@ -1,0 +1,449 @@
+"""Per-server (guild) state: the voice connection, its long-lived player, and the reply queue.
+
+A :class:`GuildSession` owns, for one guild:
+
+* the voice client and *one* player whose source is a :class:`~bot.audio.BufferSource`
+  that lives as long as the session; it is never stopped and restarted between
+  replies (a fresh ``play()`` is made only after the old player thread has ended on its
+  own, e.g. after a dropped connection);
+* a bounded queue of replies worked off one at a time by the session's worker task, so
+  a second ``speak`` waits behind the first; past ``max_queued_replies`` a new reply
+  is refused (nothing queued is dropped);
+* the guild's voice and pitch settings.
+
+Nothing is shared between sessions but the TTS backend, the LLM client, the history
+and the rate estimates (:class:`Services`); a fault in one guild's reply is reported in
+that guild's channel and its worker carries on; other guilds never see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import discord
+
+from .audio import BufferSource
+from .config import BotConfig
+from .errors import (
+    BotError,
+    QueueFull,
+    VoiceConnectError,
+    VoiceConnectionLost,
+    VoicePermissionError,
+)
+from .history import INTERRUPTED_MARK, ConversationHistory, Turn
+from .live_text import LiveText, Send
+from .llm import LLMClient
+from .pacing import RateEstimate
+from .speech import Reply, iterate, text_pieces
+from .tts import TTSBackend
+
+log = logging.getLogger(__name__)
+
+#: How long ``stop`` waits for the interrupted reply to be wound up before answering.
+STOP_WAIT_S = 2.0
+
+
+@dataclass
+class Services:
+    """What all sessions share.
+
+    Attributes:
+        config: the bot's settings.
+        tts: the TTS backend.
+        llm: the LLM client.
+        history: conversation history per text channel.
+        estimates: rate estimates per voice name (``None``: the default voice), seeded
+            from ``default_estimate`` (the start-up measurement).
+    """
+
+    config: BotConfig
+    tts: TTSBackend
+    llm: LLMClient
+    history: ConversationHistory
+    default_estimate: RateEstimate = field(default_factory=RateEstimate)
+    estimates: dict[str | None, RateEstimate] = field(default_factory=dict)
+
+    def estimate(self, voice: str | None) -> RateEstimate:
+        """The running rate estimate of ``voice``."""
+        if voice not in self.estimates:
+            d = self.default_estimate
+            self.estimates[voice] = RateEstimate(rtf=d.rtf, seconds_per_char=d.seconds_per_char, chunk_s=d.chunk_s)
+        return self.estimates[voice]
+
+
+@dataclass
+class Job:
+    """One queued reply.
+
+    Attributes:
+        kind: ``"speak"`` (prompt → LLM → voice) or ``"say"`` (text → voice).
+        text: the prompt, or the text to say.
+        author: display name of who asked.
+        channel_id: text channel (for the history).
+        send: posts a message in that channel.
+        submitted_at: ``time.perf_counter()`` at submission.
+        reply: the reply once it runs.
+        interrupted: ``stop`` cut it off (or dropped it from the queue).
+        failure: a fault that aborted it from outside (the bot was disconnected).
+        outcome: set when it is over: ``"done"``, ``"interrupted"`` or ``"failed"``.
+        finished: set when it is over.
+    """
+
+    kind: Literal["speak", "say"]
+    text: str
+    author: str
+    channel_id: int
+    send: Send
+    submitted_at: float = field(default_factory=time.perf_counter)
+    reply: Reply | None = None
+    interrupted: bool = False
+    outcome: str = ""
+    failure: BotError | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class StopReport:
+    """What ``stop`` did: ``interrupted`` a reply in progress, and ``dropped`` queued ones."""
+
+    interrupted: bool
+    dropped: int
+
+
+class GuildSession:
+    """One guild's voice connection, player, queue and settings.
+
+    Args:
+        guild_id: the guild's id.
+        services: what all sessions share.
+    """
+
+    def __init__(self, guild_id: int, services: Services) -> None:
+        self.guild_id = guild_id
+        self.services = services
+        cfg = services.config
+        self.voice: str | None = cfg.tts.voice or None
+        self.pitch_shift: float = cfg.tts.pitch_shift
+        self.source = BufferSource(cfg.bot.buffer_s)
+        self.voice_client: discord.VoiceClient | None = None
+        self.current: Job | None = None
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=cfg.bot.max_queued_replies)
+        self._worker: asyncio.Task[None] | None = None
+        self._player_alive = False
+        self._player_error: BaseException | None = None
+        self._leaving = False
+        self._loop = asyncio.get_running_loop()
+
+    # -- voice connection --------------------------------------------------------------------
+
+    @property
+    def channel(self) -> discord.abc.Connectable | None:
+        """The voice channel the bot is in (``None`` when not connected)."""
+        vc = self.voice_client
+        return vc.channel if vc is not None and vc.is_connected() else None
+
+    @property
+    def busy(self) -> bool:
+        """True while a reply plays or waits."""
+        return self.current is not None or not self._queue.empty()
+
+    async def join(self, channel: discord.VoiceChannel | discord.StageChannel) -> discord.VoiceClient:
+        """Connect to ``channel`` (or move there) and make sure the player runs.
+
+        Raises:
+            VoicePermissionError: the bot may not connect or speak there.
+            VoiceConnectError: connecting failed or timed out.
+        """
+        me = channel.guild.me
+        perms = channel.permissions_for(me)
+        if not perms.connect:
+            raise VoicePermissionError(f"I don't have permission to connect to {channel.mention}.")
+        if not perms.speak:
+            raise VoicePermissionError(f"I don't have permission to speak in {channel.mention}.")
+        timeout = self.services.config.bot.connect_timeout_s
+        vc = self.voice_client
+        try:
+            if vc is not None and vc.is_connected():
+                if vc.channel.id != channel.id:
+                    await vc.move_to(channel, timeout=timeout)
+            else:
+                if vc is not None:  # a dead connection: drop it before connecting again
+                    with contextlib.suppress(Exception):
+                        await vc.disconnect(force=True)
+                self._leaving = False
+                vc = await channel.connect(timeout=timeout, reconnect=True, self_deaf=True)
+                self.voice_client = vc
+        except (TimeoutError, asyncio.TimeoutError):
+            raise VoiceConnectError(f"connecting to {channel.mention} timed out after {timeout:.0f} s.") from None
+        except discord.ClientException as exc:
+            raise VoiceConnectError(f"cannot connect to {channel.mention}: {exc}") from None
+        except discord.Forbidden:
+            raise VoicePermissionError(f"Discord refused me access to {channel.mention}.") from None
+        self._ensure_player()
+        log.info("guild %s: in voice channel %s", self.guild_id, channel.id)
+        return vc
+
+    async def leave(self) -> bool:
+        """Stop everything and disconnect. Returns False if the bot was not connected."""
+        self._leaving = True
+        await self.stop()
+        vc, self.voice_client = self.voice_client, None
+        self._player_alive = False
+        await self.services.tts.release(self.guild_id)
+        if vc is None:
+            return False
+        await vc.disconnect(force=True)
+        return True
+
+    def on_disconnected(self) -> None:
+        """The bot was disconnected from voice by someone else (kicked, channel deleted)."""
+        if self._leaving:
+            return
+        log.warning("guild %s: disconnected from voice", self.guild_id)
+        self.voice_client = None
+        self._fail_current(VoiceConnectionLost("I was disconnected from the voice channel."))
+
+    def _ensure_player(self) -> None:
+        """Start the long-lived player unless it runs (never restarts a live one)."""
+        vc = self.voice_client
+        if vc is None or (self._player_alive and vc.is_playing()):
+            return
+        if vc.is_playing() or vc.is_paused():
+            vc.stop()  # a player whose thread already ended (dropped connection): no race
+        self._player_error = None
+        vc.play(self.source, after=self._player_ended, signal_type="voice")
+        self._player_alive = True
+
+    def _player_ended(self, error: BaseException | None) -> None:
+        """Player thread: its thread is ending (source closed, or the connection gave up)."""
+        with contextlib.suppress(RuntimeError):  # loop closed at shutdown
+            self._loop.call_soon_threadsafe(self._on_player_ended, error)
+
+    def _on_player_ended(self, error: BaseException | None) -> None:
+        self._player_alive = False
+        self._player_error = error
+        if not self._leaving:
+            log.warning("guild %s: voice player ended (%s)", self.guild_id, error or "connection lost")
+
+    def check_playback(self) -> None:
+        """Raise :class:`VoiceConnectionLost` if queued audio can no longer be played."""
+        if self._leaving or self.voice_client is None:
+            raise VoiceConnectionLost("I left the voice channel.")
+        if not self._player_alive:
+            detail = f": {self._player_error}" if self._player_error else ""
+            raise VoiceConnectionLost(f"the voice connection dropped{detail}.")
+
+    async def _ready_to_play(self) -> None:
+        """Before a reply: connected (waiting out a reconnect) and the player running."""
+        vc = self.voice_client
+        if vc is None or self._leaving:
+            raise VoiceConnectionLost("I'm not in a voice channel; use `join` first.")
+        deadline = time.monotonic() + self.services.config.bot.connect_timeout_s
+        while not vc.is_connected():
+            if time.monotonic() > deadline:
+                raise VoiceConnectionLost("the voice connection dropped and did not come back; use `join`.")
+            await asyncio.sleep(0.1)
+        self._ensure_player()
+
+    # -- queue -------------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> int:
+        """Queue a reply; returns how many replies are ahead of it.
+
+        Raises:
+            QueueFull: ``max_queued_replies`` replies are already waiting.
+        """
+        ahead = self._queue.qsize() + (self.current is not None)
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise QueueFull(
+                f"{self._queue.maxsize} replies are already waiting in this server; "
+                "wait for them or use `stop`."
+            ) from None
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work(), name=f"guild-{self.guild_id}-replies")
+        return ahead
+
+    async def stop(self) -> StopReport:
+        """Barge-in: silence now, cancel the reply in progress (LLM and TTS), drop the queue.
+
+        The buffered audio is dropped before anything awaits, so the player sends
+        silence from its next frame (≤ 20 ms).
+        """
+        dropped = 0
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            job.interrupted = True
+            job.outcome = "interrupted"
+            job.finished.set()
+            dropped += 1
+        self.source.clear()
+        job = self.current
+        if job is None:
+            return StopReport(False, dropped)
+        job.interrupted = True
+        if job.reply is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(job.reply.tts.cancel(), 1.0)
+        if job.task is not None:
+            job.task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(job.finished.wait()), STOP_WAIT_S)
+        return StopReport(True, dropped)
+
+    def _fail_current(self, error: BotError) -> None:
+        """Abort the reply in progress and the queue because of ``error`` (reported in the channel)."""
+        self.source.clear()
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            job.outcome = "failed"
+            job.finished.set()
+        job = self.current
+        if job is not None and job.task is not None:
+            job.failure = error
+            job.task.cancel()
+
+    async def aclose(self) -> None:
+        """Shut down: leave voice and stop the worker."""
+        with contextlib.suppress(Exception):
+            await self.leave()
+        self.source.close()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    # -- the worker --------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            if job.finished.is_set():
+                continue
+            self.current = job
+            job.task = asyncio.create_task(self._run(job), name=f"guild-{self.guild_id}-reply")
+            try:
+                await asyncio.wait({job.task})
+            finally:
+                self.current = None
+                job.finished.set()
+
+    async def _run(self, job: Job) -> None:
+        """Run one job, and report and record its outcome, whatever happens."""
+        live = LiveText(job.send, self.services.config.bot.edit_interval_s) if job.kind == "speak" else None
+        error: BaseException | None = None
+        try:
+            await self._speak(job, live)
+            job.outcome = "done"
+        except asyncio.CancelledError:
+            error = job.failure
+            job.outcome = "failed" if error is not None else "interrupted"
+        except BotError as exc:
+            error = exc
+            job.outcome = "failed"
+        except Exception as exc:  # a bug must not take the guild's worker down
+            log.exception("guild %s: reply failed", self.guild_id)
+            error = exc
+            job.outcome = "failed"
+        finally:
+            if job.reply is not None and job.outcome != "done":
+                self.source.clear()
+        await self._wind_up(job, live, error)
+
+    async def _speak(self, job: Job, live: LiveText | None) -> None:
+        services = self.services
+        await self._ready_to_play()
+        stream = await services.tts.open_stream(self.guild_id, self.voice)
+        completed = False
+        try:
+            reply = Reply(
+                stream,
+                self.source,
+                services.estimate(self.voice),
+                pitch_shift=self.pitch_shift,
+                on_text=live.update if live is not None else None,
+                check_playback=self.check_playback,
+            )
+            job.reply = reply
+            if job.kind == "speak":
+                messages = services.llm.messages(services.history.messages(job.channel_id), f"{job.author}: {job.text}")
+                await reply.run(services.llm.stream_reply(messages))
+            else:
+                await reply.run(iterate(text_pieces(job.text)))
+            completed = True
+        finally:
+            if not completed:  # drop what the pipeline still holds for this reply
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(stream.cancel())
+            with contextlib.suppress(Exception):
+                await stream.close()
+
+    async def _wind_up(self, job: Job, live: LiveText | None, error: BaseException | None) -> None:
+        """Post the final text and any error, and record the turn in the history."""
+        reply = job.reply
+        if error is None and reply is not None and reply.llm_error is not None:
+            error = reply.llm_error
+        status = ""
+        if job.outcome == "interrupted":
+            status = "  ⏹ *interrupted*"
+        elif error is not None:
+            status = "  ⚠️ *cut off*" if reply is not None and reply.text else ""
+        try:
+            if live is not None and reply is not None and reply.text:
+                await live.finish(reply.text + status)
+            if error is not None:
+                message = str(error) if isinstance(error, BotError) else "something went wrong on my side (see the bot's log)."
+                await job.send(f"⚠️ {message}")
+        except discord.DiscordException as exc:
+            log.warning("guild %s: cannot post in channel %s: %s", self.guild_id, job.channel_id, exc)
+        if job.kind == "speak" and reply is not None and (reply.text or job.outcome == "interrupted"):
+            if job.outcome == "done" and error is None:
+                turn = Turn(job.author, job.text, reply.text.strip())
+            else:
+                heard, partial = reply.heard()
+                note = INTERRUPTED_MARK if job.outcome == "interrupted" else "[cut off by an error]"
+                turn = Turn(job.author, job.text, heard + (" …" if partial and heard else ""), True, note)
+            self.services.history.record(job.channel_id, turn)
+        if reply is not None:
+            log.info(
+                "guild %s: %s %s: %.2f s of audio, start delay %s, %d silence frames mid-reply",
+                self.guild_id, job.kind, job.outcome, reply.audio_s,
+                "n/a" if reply.start_delay_s is None else f"{reply.start_delay_s:.2f} s", reply.underrun_frames,
+            )
+
+
+class SessionManager:
+    """The sessions of all guilds, created on first use.
+
+    Args:
+        services: what all sessions share.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._sessions: dict[int, GuildSession] = {}
+
+    def get(self, guild_id: int) -> GuildSession:
+        """The guild's session (created on first use)."""
+        session = self._sessions.get(guild_id)
+        if session is None:
+            session = self._sessions[guild_id] = GuildSession(guild_id, self.services)
+        return session
+
+    def find(self, guild_id: int) -> GuildSession | None:
+        """The guild's session, if it has one."""
+        return self._sessions.get(guild_id)
+
+    async def aclose(self) -> None:
+        """Close every session."""
+        for session in list(self._sessions.values()):
+            await session.aclose()
+        self._sessions.clear()

@@ -1,0 +1,503 @@
+"""TTS backends: the pipeline embedded in the bot's process, or a remote ``tts-server``.
+
+Both give the bot the same :class:`TTSStream` per reply: tokens in as the LLM writes
+them, and the pipeline's events out (:class:`~tts_server.pipeline.Audio` with ``(N,)``
+float32 mono 48 kHz PCM, :class:`~tts_server.pipeline.SegmentDone`,
+:class:`~tts_server.pipeline.Flushed`, :class:`~tts_server.pipeline.StreamError`).
+
+* :class:`EmbeddedTTS` wraps a :class:`~tts_server.pipeline.Pipeline` (inference on
+  the pipeline's own thread) and opens one pipeline stream per reply.
+* :class:`RemoteTTS` keeps one WebSocket per server (Discord guild) to ``/ws/stream``
+  (protocol in :mod:`tts_server.protocol`, with events and cancel on); a dropped or
+  refused connection is re-established in the background with exponential backoff,
+  and a reply that needs it meanwhile fails fast with a message saying so.
+
+Voices are plain names handed to the pipeline (``open_stream(voice=...)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Hashable
+from typing import Any, Protocol
+
+import aiohttp
+import numpy as np
+
+from tts_server.pipeline import (
+    Audio,
+    Event,
+    Flushed,
+    PendingTextFull,
+    Pipeline,
+    PipelineBusy,
+    SegmentDone,
+    Stream,
+    StreamError,
+    UnknownVoice,
+)
+
+from .errors import TTSError, TTSUnavailable, UnknownVoiceError
+from .pacing import RateEstimate
+
+log = logging.getLogger(__name__)
+
+OUTPUT_SAMPLE_RATE = 48_000
+#: Events buffered per remote connection before its reader stops reading the socket
+#: (the server then pauses synthesis for it: backpressure, nothing is dropped).
+REMOTE_EVENT_QUEUE = 256
+#: First pause before reconnecting; it doubles up to ``reconnect_max_s``.
+RECONNECT_INITIAL_S = 0.5
+#: A connection that lasted this long resets the backoff.
+STABLE_CONNECTION_S = 10.0
+
+
+class TTSStream(Protocol):
+    """One reply's way through the TTS pipeline."""
+
+    async def push(self, token: str, pitch_shift: float | None = None) -> None:
+        """Send LLM text; ``pitch_shift`` in semitones (−24…24). Raises :class:`TTSError`."""
+        ...
+
+    async def flush(self) -> int:
+        """Speak everything sent so far; returns the id of the :class:`Flushed` event to come."""
+        ...
+
+    async def cancel(self) -> None:
+        """Barge-in: drop buffered text, queued segments and unsent audio."""
+        ...
+
+    async def get(self) -> Event:
+        """The next event. Raises :class:`TTSUnavailable` when the connection is lost."""
+        ...
+
+    async def close(self) -> None:
+        """The reply is over (finished or interrupted); frees the stream."""
+        ...
+
+
+class TTSBackend(Protocol):
+    """Where replies are synthesized: :class:`EmbeddedTTS` or :class:`RemoteTTS`."""
+
+    description: str
+
+    async def open_stream(self, key: Hashable, voice: str | None) -> TTSStream:
+        """A stream for one reply of server ``key``, speaking in ``voice`` (``None``: default).
+
+        Raises:
+            TTSError: the pipeline is busy or unreachable (:class:`TTSUnavailable`).
+            UnknownVoiceError: no such voice.
+        """
+        ...
+
+    async def check_voice(self, voice: str | None) -> None:
+        """Raise :class:`UnknownVoiceError` unless ``voice`` can be used."""
+        ...
+
+    async def release(self, key: Hashable) -> None:
+        """Server ``key`` no longer speaks (left voice): free what it holds."""
+        ...
+
+    async def aclose(self) -> None:
+        """Free everything (the bot is shutting down)."""
+        ...
+
+
+# -- embedded -------------------------------------------------------------------------------
+
+
+class EmbeddedStream:
+    """A :class:`TTSStream` over a pipeline :class:`~tts_server.pipeline.Stream`."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+
+    async def push(self, token: str, pitch_shift: float | None = None) -> None:
+        """Queue text; segments it completes go to the inference thread at once."""
+        try:
+            self.stream.push(token, pitch_shift)
+        except PendingTextFull as exc:
+            raise TTSError(str(exc)) from None
+
+    async def flush(self) -> int:
+        """Cut everything buffered into segments."""
+        return self.stream.flush()
+
+    async def cancel(self) -> None:
+        """Drop everything not yet played (takes effect at the next chunk boundary)."""
+        self.stream.cancel()
+
+    async def get(self) -> Event:
+        """The next event from the inference thread."""
+        return await self.stream.get()
+
+    async def close(self) -> None:
+        """Close the pipeline stream (synthesis stops at the next chunk boundary)."""
+        self.stream.close()
+
+
+class EmbeddedTTS:
+    """The TTS pipeline running in the bot's process.
+
+    Args:
+        pipeline: a started pipeline (:func:`tts_server.service.build_pipeline`).
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        engine = pipeline.engine
+        self.description = f"embedded {engine.name} ({engine.model}) on {engine.device}"
+
+    async def open_stream(self, key: Hashable, voice: str | None) -> EmbeddedStream:
+        """Open a pipeline stream (the voice stage is built off the event loop)."""
+        loop = asyncio.get_running_loop()
+        try:
+            stream = await asyncio.to_thread(self.pipeline.open_stream, loop, voice)
+        except PipelineBusy as exc:
+            raise TTSError(f"the TTS pipeline is busy ({exc}); try again in a moment") from None
+        except UnknownVoice as exc:
+            raise UnknownVoiceError(str(exc)) from None
+        return EmbeddedStream(stream)
+
+    async def check_voice(self, voice: str | None) -> None:
+        """Build the voice's stage once (off the event loop) to see that it loads."""
+        try:
+            await asyncio.to_thread(self.pipeline.voice_factory, voice)
+        except UnknownVoice as exc:
+            raise UnknownVoiceError(str(exc)) from None
+
+    async def release(self, key: Hashable) -> None:
+        """Nothing is held per server: streams live for one reply."""
+
+    async def aclose(self) -> None:
+        """Stop the inference thread."""
+        await asyncio.to_thread(self.pipeline.stop)
+
+
+# -- remote ---------------------------------------------------------------------------------
+
+
+class _Lost:
+    """Queued when a connection drops: replies of that connection fail with ``reason``."""
+
+    def __init__(self, generation: int, reason: str) -> None:
+        self.generation = generation
+        self.reason = reason
+
+
+def _event_from_json(data: dict[str, Any]) -> Event | None:
+    """Map a server text frame to a pipeline event (``None`` for frames the bot ignores)."""
+    if "error" in data:
+        return StreamError(str(data["error"]), None)
+    kind = data.get("type")
+    if kind == "segment":
+        return SegmentDone(
+            index=int(data["index"]),
+            text=str(data["text"]),
+            audio_samples=round(float(data["audio_ms"]) * OUTPUT_SAMPLE_RATE / 1000),
+            ttfa_ms=data.get("ttfa_ms"),
+            synth_ms=float(data["synth_ms"]),
+        )
+    if kind == "flushed":
+        return Flushed(
+            flush_id=int(data["flush_id"]),
+            segments=tuple(data.get("segments", ())),
+            audio_samples=round(float(data["audio_ms"]) * OUTPUT_SAMPLE_RATE / 1000),
+        )
+    return None
+
+
+class RemoteConnection:
+    """One server's WebSocket to ``/ws/stream``, re-established with backoff when it drops.
+
+    Args:
+        session: the HTTP client session.
+        url: ``ws://host:port/ws/stream``.
+        reconnect_max_s: longest pause between connection attempts.
+        name: used in log lines.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, reconnect_max_s: float, name: str) -> None:
+        self.url = url
+        self.name = name
+        self.reconnect_max_s = reconnect_max_s
+        self.last_error = "not connected yet"
+        self.next_attempt_at = time.monotonic()
+        self.generation = 0  # incremented at every successful connection
+        self._session = session
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._connected = asyncio.Event()
+        self._events: asyncio.Queue[tuple[int, Event] | _Lost] = asyncio.Queue(maxsize=REMOTE_EVENT_QUEUE)
+        self._epoch = 0  # incremented by cancel(): queued events of older epochs are stale
+        self._unacked_cancels = 0  # events received before the server's "cancelled" are stale
+        self._flushes = 0
+        self._closed = False
+        self._task = asyncio.create_task(self._run(), name=f"tts-remote-{name}")
+
+    @property
+    def connected(self) -> bool:
+        """True while the WebSocket is open."""
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout_s: float) -> int:
+        """Wait for the connection; returns its generation.
+
+        Raises:
+            TTSUnavailable: not connected within ``timeout_s`` (the message has the last error).
+        """
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout_s)
+        except TimeoutError:
+            retry = max(0.0, self.next_attempt_at - time.monotonic())
+            raise TTSUnavailable(
+                f"the TTS server at {self.url} is unreachable ({self.last_error}); "
+                f"reconnecting in the background (next attempt in {retry:.0f} s)"
+            ) from None
+        return self.generation
+
+    async def send(self, generation: int, message: dict[str, Any]) -> None:
+        """Send one JSON message on connection ``generation``.
+
+        Raises:
+            TTSUnavailable: that connection is gone.
+        """
+        ws = self._ws
+        if ws is None or ws.closed or generation != self.generation:
+            raise TTSUnavailable(f"lost the connection to the TTS server at {self.url} ({self.last_error})")
+        try:
+            await ws.send_str(json.dumps(message))
+        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            raise TTSUnavailable(f"lost the connection to the TTS server at {self.url} ({exc})") from None
+
+    async def flush(self, generation: int) -> int:
+        """Send a flush; returns the id the server gives its ``flushed`` event."""
+        await self.send(generation, {"flush": True})
+        self._flushes += 1
+        return self._flushes
+
+    async def cancel(self, generation: int) -> None:
+        """Barge-in: tell the server, and drop everything received until it confirms."""
+        self._epoch += 1
+        while not self._events.empty():
+            self._events.get_nowait()
+        if generation == self.generation and self.connected:
+            self._unacked_cancels += 1
+            with contextlib.suppress(TTSUnavailable):
+                await self.send(generation, {"cancel": True})
+
+    async def get(self, generation: int) -> Event:
+        """The next event of connection ``generation``.
+
+        Raises:
+            TTSUnavailable: that connection dropped.
+        """
+        while True:
+            if generation != self.generation or not self.connected:
+                raise TTSUnavailable(f"lost the connection to the TTS server at {self.url} ({self.last_error})")
+            item = await self._events.get()
+            if isinstance(item, _Lost):
+                if item.generation == generation:
+                    raise TTSUnavailable(f"lost the connection to the TTS server at {self.url} ({item.reason})")
+                continue
+            epoch, event = item
+            if epoch == self._epoch:
+                return event
+
+    async def aclose(self) -> None:
+        """Close the socket and stop reconnecting."""
+        self._closed = True
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def _run(self) -> None:
+        delay = RECONNECT_INITIAL_S
+        while not self._closed:
+            try:
+                ws = await self._session.ws_connect(self.url, max_msg_size=0, heartbeat=30.0)
+                await ws.send_str(json.dumps({"events": True}))
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                self.next_attempt_at = time.monotonic() + delay
+                log.warning("%s: cannot connect to the TTS server at %s (%s); retrying in %.1f s",
+                            self.name, self.url, self.last_error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.reconnect_max_s)
+                continue
+            while not self._events.empty():  # left over from the previous connection
+                self._events.get_nowait()
+            self._ws = ws
+            self._flushes = 0
+            self._unacked_cancels = 0
+            self.generation += 1
+            self._connected.set()
+            log.info("%s: connected to the TTS server at %s", self.name, self.url)
+            opened = time.monotonic()
+            try:
+                reason = await self._read(ws)
+            finally:
+                self._connected.clear()
+                self._ws = None
+                await ws.close()
+            self.last_error = reason
+            while not self._events.empty():
+                self._events.get_nowait()
+            self._events.put_nowait(_Lost(self.generation, reason))
+            if self._closed:
+                break
+            if time.monotonic() - opened >= STABLE_CONNECTION_S:
+                delay = RECONNECT_INITIAL_S  # it was working: the first retry comes quickly
+            self.next_attempt_at = time.monotonic() + delay
+            log.warning("%s: TTS server connection lost (%s); reconnecting in %.1f s", self.name, reason, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.reconnect_max_s)
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> str:
+        """Read frames into the event queue until the socket closes; returns why it closed."""
+        try:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    if not self._unacked_cancels:
+                        pcm = np.frombuffer(msg.data, dtype="<f4").astype(np.float32)
+                        await self._events.put((self._epoch, Audio(pcm, -1)))
+                elif msg.type == aiohttp.WSMsgType.TEXT:
+                    data = json.loads(msg.data)
+                    if data.get("type") == "cancelled":
+                        self._unacked_cancels = max(0, self._unacked_cancels - 1)
+                        continue
+                    event = _event_from_json(data)
+                    if event is not None and not self._unacked_cancels:
+                        await self._events.put((self._epoch, event))
+                else:
+                    break
+        except (aiohttp.ClientError, ConnectionError, ValueError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        code = ws.close_code
+        if code == aiohttp.WSCloseCode.TRY_AGAIN_LATER:
+            return "the server is busy: all its streams are in use"
+        return f"the server closed the connection (code {code})"
+
+
+class RemoteStream:
+    """A :class:`TTSStream` for one reply over a server's :class:`RemoteConnection`."""
+
+    def __init__(self, connection: RemoteConnection, generation: int) -> None:
+        self.connection = connection
+        self.generation = generation
+
+    async def push(self, token: str, pitch_shift: float | None = None) -> None:
+        """Send ``{"token", "pitch_shift"}``."""
+        message: dict[str, Any] = {"token": token}
+        if pitch_shift is not None:
+            message["pitch_shift"] = pitch_shift
+        await self.connection.send(self.generation, message)
+
+    async def flush(self) -> int:
+        """Send ``{"flush": true}``."""
+        return await self.connection.flush(self.generation)
+
+    async def cancel(self) -> None:
+        """Send ``{"cancel": true}``; audio still in flight is dropped on arrival."""
+        await self.connection.cancel(self.generation)
+
+    async def get(self) -> Event:
+        """The next event of this reply."""
+        return await self.connection.get(self.generation)
+
+    async def close(self) -> None:
+        """Nothing to free: the connection serves the server's next reply."""
+
+
+class RemoteTTS:
+    """A running ``tts-server`` reached over ``/ws/stream``.
+
+    Args:
+        url: ``ws://host:port/ws/stream``.
+        connect_timeout_s: how long a reply waits for the connection before failing.
+        reconnect_max_s: longest pause between reconnection attempts.
+    """
+
+    def __init__(self, url: str, connect_timeout_s: float = 5.0, reconnect_max_s: float = 30.0) -> None:
+        self.url = url
+        self.connect_timeout_s = connect_timeout_s
+        self.reconnect_max_s = reconnect_max_s
+        self.description = f"remote tts-server at {url}"
+        self._session: aiohttp.ClientSession | None = None
+        self._connections: dict[Hashable, RemoteConnection] = {}
+
+    def connection(self, key: Hashable) -> RemoteConnection:
+        """The connection of server ``key`` (created, and connecting, on first use)."""
+        conn = self._connections.get(key)
+        if conn is None:
+            if self._session is None:
+                self._session = aiohttp.ClientSession()
+            conn = RemoteConnection(self._session, self.url, self.reconnect_max_s, name=f"guild {key}")
+            self._connections[key] = conn
+        return conn
+
+    async def open_stream(self, key: Hashable, voice: str | None) -> RemoteStream:
+        """Wait (up to ``connect_timeout_s``) for server ``key``'s connection; a stream over it."""
+        await self.check_voice(voice)
+        conn = self.connection(key)
+        generation = await conn.wait_connected(self.connect_timeout_s)
+        return RemoteStream(conn, generation)
+
+    async def check_voice(self, voice: str | None) -> None:
+        """Only the server's default voice: ``/ws/stream`` has no voice selection."""
+        if voice is not None:
+            raise UnknownVoiceError(
+                f"cannot use voice {voice!r} with a remote TTS server: /ws/stream has no voice "
+                "selection (set the server's [rvc] voice, or run the bot with [tts] mode = \"embedded\")"
+            )
+
+    async def release(self, key: Hashable) -> None:
+        """Close server ``key``'s connection."""
+        conn = self._connections.pop(key, None)
+        if conn is not None:
+            await conn.aclose()
+
+    async def aclose(self) -> None:
+        """Close every connection and the HTTP session."""
+        for key in list(self._connections):
+            await self.release(key)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def measure(backend: TTSBackend, text: str = "Hello there. This is a warm-up.", timeout_s: float = 120.0,
+                  estimate: RateEstimate | None = None) -> RateEstimate:
+    """Synthesize ``text`` once and return the measured rtf, speech rate and chunk size.
+
+    Used at start-up: it warms the pipeline up and gives the start-delay planner
+    (:mod:`bot.pacing`) a real rtf before the first reply.
+
+    Raises:
+        TTSError: the backend failed; TimeoutError: no ``Flushed`` within ``timeout_s``.
+    """
+    estimate = estimate or RateEstimate()
+    stream = await backend.open_stream("warm-up", None)
+    try:
+        await stream.push(text)
+        flush_id = await stream.flush()
+        async with asyncio.timeout(timeout_s):
+            while True:
+                event = await stream.get()
+                if isinstance(event, Audio):
+                    estimate.observe_chunk(event.pcm.size)
+                elif isinstance(event, SegmentDone):
+                    estimate.observe_segment(event.text, event.audio_samples, event.synth_ms)
+                elif isinstance(event, StreamError):
+                    raise TTSError(f"warm-up synthesis failed: {event.message}")
+                elif isinstance(event, Flushed) and event.flush_id == flush_id:
+                    break
+    finally:
+        await stream.close()
+        await backend.release("warm-up")
+    return estimate

@@ -1,0 +1,58 @@
+"""Fixtures for the bot: libopus, a local LLM server, pipelines, and an offline bot harness."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # for bot_harness
+
+
+@pytest.fixture(scope="session", autouse=True)
+def opus_loaded() -> None:
+    """libopus, loaded as the bot loads it (Debian: apt-get install libopus0)."""
+    from bot.opus import load_opus
+
+    load_opus()
+
+
+@pytest.fixture
+async def llm_server():
+    """The scripted OpenAI-compatible streaming server, on a free port."""
+    from bot.local_llm import LocalLLM
+
+    server = LocalLLM()
+    await server.start()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+def espeak_pipeline():
+    """A started pipeline over the real espeak-ng engine (real speech, fast)."""
+    from tts_server.engines.espeak import EspeakEngine
+    from tts_server.pipeline import Pipeline
+
+    pipeline = Pipeline(EspeakEngine())
+    pipeline.start()
+    yield pipeline
+    pipeline.stop()
+
+
+@pytest.fixture
+async def harness(llm_server):
+    """``await harness(backend_or_pipeline, **config)``: an offline bot; closed after the test."""
+    from bot_harness import Harness
+
+    made: list[Harness] = []
+
+    async def make(backend, **overrides) -> Harness:
+        h = await Harness.create(backend, llm_server, **overrides)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        await h.aclose()
