@@ -8,7 +8,8 @@ starts the real server in-process and streams each sentence into ``/ws/stream`` 
 by token, as an LLM would. For each sentence:
 
 * TTFA: from sending the token that completes the sentence to the first audio byte
-  received by the WebSocket client;
+  received by the WebSocket client (tokens arrive every ``--token-interval-ms``, as
+  from an LLM, so the server may prefill the sentence while it is written);
 * RTF: from that token to the sentence's last audio byte, over the audio's duration.
 
 The same figures are measured in the same run for the ``soprano-tts`` package's own
@@ -49,7 +50,7 @@ def _model_dir(path: Path | None, tokens: int) -> Path:
     return target
 
 
-async def _bench_server(model_dir: Path, sentences: list[str]) -> list[dict]:
+async def _bench_server(model_dir: Path, sentences: list[str], token_interval_s: float) -> list[dict]:
     import aiohttp
     from aiohttp.test_utils import TestServer
 
@@ -71,6 +72,7 @@ async def _bench_server(model_dir: Path, sentences: list[str]) -> list[dict]:
                 tokens = llm_like_tokens(sentence)
                 for token in tokens[:-1]:
                     await ws.send_json({"token": token, "pitch_shift": 0})
+                    await asyncio.sleep(token_interval_s)  # the LLM writing
                 sent = time.perf_counter()
                 await ws.send_json({"token": tokens[-1], "pitch_shift": 0})
                 await ws.send_json({"token": " "})  # the next sentence's first token
@@ -141,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=48, help="audio tokens (64 ms) per sentence")
     parser.add_argument("--model-dir", type=Path, help="reuse/build the random real-size model here")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--token-interval-ms", type=float, default=25.0,
+                        help="time between LLM tokens sent to the server (25 ms = 40 tokens/s)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -150,17 +154,19 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     sentences = (SENTENCES * (args.sentences // len(SENTENCES) + 1))[: args.sentences]
     model_dir = _model_dir(args.model_dir, args.tokens)
-    ours = _summary(asyncio.run(_bench_server(model_dir, sentences))[1:] or [])  # the first warms caches
+    ours = _summary(asyncio.run(_bench_server(model_dir, sentences, args.token_interval_ms / 1000))[1:])
     reference = _summary(_bench_reference(model_dir, sentences)[1:])
     results = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__},
         "tokens_per_sentence": args.tokens,
+        "token_interval_ms": args.token_interval_ms,
         "server_ws_stream": ours,
         "soprano_infer_stream": reference,
         "ttfa_ratio": reference["ttfa_ms_median"] / ours["ttfa_ms_median"],
     }
     print(f"Soprano-1.1-80M configuration, random weights, {args.tokens} tokens ({args.tokens * 0.064:.2f} s) per sentence, "
-          f"{len(sentences) - 1} sentences, {torch.get_num_threads()} torch threads")
+          f"{len(sentences) - 1} sentences, {torch.get_num_threads()} torch threads, "
+          f"LLM tokens every {args.token_interval_ms:g} ms")
     print(f"{'path':<44} {'TTFA median':>12} {'TTFA min-max':>14} {'RTF median':>11}")
     for name, row in (("server /ws/stream (token → first audio byte)", ours),
                       ("soprano-tts infer_stream (call → 1st chunk)", reference)):

@@ -11,6 +11,11 @@ or when its next segment was queued), one chunk per turn, so several streams sha
 the engine fairly and a new stream's first chunk is not stuck behind another's long
 sentence. Cancellation and disconnects take effect at the next chunk boundary.
 
+Speculative prefill. When the engine supports it (Soprano) and the thread has nothing
+more urgent, it runs the sentence a stream is still receiving through the model's
+prompt prefill, so that when the sentence completes only its last tokens remain to be
+computed before generation starts.
+
 Backpressure. A stream's outgoing queue holds at most ``queue_s`` seconds of audio.
 When it is full the thread stops synthesising for that stream (it is skipped until its
 client reads), so a slow client costs memory for ``queue_s`` seconds of audio at most
@@ -33,7 +38,7 @@ import numpy as np
 
 from .engines.base import TTSEngine
 from .resample import OUTPUT_SAMPLE_RATE, StreamResampler
-from .segmenter import Segmenter
+from .segmenter import Segmenter, clean_for_speech
 from .voice import Passthrough, VoiceStage
 
 log = logging.getLogger(__name__)
@@ -119,6 +124,12 @@ class UnknownVoice(ValueError):
     """A stream asked for a voice the server does not have (or cannot load)."""
 
 
+#: A prefill is scheduled as if its deadline were this far in the future: it runs when no
+#: stream's listener will run out of audio sooner.
+PREFILL_SLACK_S = 0.25
+#: Shortest pending text worth prefilling, in characters.
+PREFILL_MIN_CHARS = 8
+
 #: Makes a stream's voice stage: ``None`` = the default voice. Raises :class:`UnknownVoice`.
 VoiceFactory = Callable[[str | None], VoiceStage]
 
@@ -171,6 +182,9 @@ class Stream:
         self._next_voice: str | None | bool = False  # False: no change pending
         self._job: _Job | None = None
         self._stage_epoch = 0
+        self._pending_text = ""  # snapshot of the segmenter's buffer, for prefill
+        self._prefill: object | None = None
+        self._prefilled_text = ""
         self._play_until = time.monotonic()
 
     # -- event-loop side -----------------------------------------------------------------
@@ -203,7 +217,12 @@ class Stream:
             self.pitch_shift = float(pitch_shift)
         if self._segmenter.pending_chars == 0:
             self._start_pitch = self.pitch_shift
-        return self._enqueue(self._segmenter.push(token))
+        segments = self._enqueue(self._segmenter.push(token))
+        with self._lock:
+            self._pending_text = self._segmenter.pending_text
+        if self._pipeline.prefills:
+            self._pipeline.wake()
+        return segments
 
     def flush(self) -> int:
         """Cut everything buffered into segments; a :class:`Flushed` event follows their audio.
@@ -211,9 +230,10 @@ class Stream:
         Returns:
             The flush id carried by that event.
         """
-        segments = self._enqueue(self._segmenter.flush())
+        self._enqueue(self._segmenter.flush())
         flush_id = next(self._flush_counter)
         with self._lock:
+            self._pending_text = ""
             self._work.append(_FlushMark(flush_id, time.monotonic()))
         self._pipeline.wake()
         return flush_id
@@ -239,6 +259,7 @@ class Stream:
         self._segmenter.clear()
         with self._lock:
             self._epoch += 1
+            self._pending_text = ""
             self._work.clear()
             self._queued_samples = 0
         self._flush_segments = []
@@ -313,9 +334,19 @@ class Stream:
                 head = self._job.segment.queued_at
             elif self._work:
                 head = self._work[0].queued_at
+            elif self._prefill_due():
+                return time.monotonic() + PREFILL_SLACK_S
             else:
                 return None
         return max(self._play_until, head)
+
+    def _prefill_due(self) -> bool:
+        """Called under ``_lock``: is there new unspoken text worth prefilling?"""
+        return (
+            self._pipeline.prefills
+            and len(self._pending_text) >= PREFILL_MIN_CHARS
+            and self._pending_text != self._prefilled_text
+        )
 
     def _post(self, epoch: int, event: Event) -> bool:
         with self._lock:
@@ -343,22 +374,28 @@ class Stream:
             cancelled = self._stage_epoch != epoch
             self._stage_epoch = epoch
             item = self._work.popleft() if not cancelled and self._job is None and self._work else None
+            pending = self._pending_text if item is None and self._job is None and self._prefill_due() else None
         if cancelled:
             self._abandon()
+            return
+        if pending is not None:
+            self._prefill_step(engine, pending)
             return
         if isinstance(item, _FlushMark):
             self._post(epoch, Flushed(item.flush_id, (), 0))
             return
+        prefill = None
         if isinstance(item, Segment):
             self._switch_voice(epoch)
             self._job = _Job(item, iter(()))
+            prefill, self._prefill, self._prefilled_text = self._prefill, None, ""
         job = self._job
         if job is None:
             return
         t0 = time.perf_counter()
         try:
             if isinstance(item, Segment):
-                job.chunks = iter(engine.synthesize(item.text))
+                job.chunks = iter(engine.synthesize(item.text, prefill) if prefill else engine.synthesize(item.text))
             chunk = next(job.chunks, None)
             if chunk is None:
                 job.synth_s += time.perf_counter() - t0
@@ -375,6 +412,15 @@ class Stream:
         if pcm.size and job.first_audio is None:
             job.first_audio = time.monotonic()
         job.samples += self._post_audio(epoch, pcm, job.segment.index)
+
+    def _prefill_step(self, engine: TTSEngine, text: str) -> None:
+        """Prefill the sentence still being received (a failure only costs the speed-up)."""
+        try:
+            self._prefill = engine.prefill(clean_for_speech(text), self._prefill)
+        except Exception:
+            log.exception("stream %d: prefill failed", self.id)
+            self._prefill = None
+        self._prefilled_text = text
 
     def _switch_voice(self, epoch: int) -> None:
         """Install a voice chosen with :meth:`set_voice`, flushing what the old one holds."""
@@ -395,8 +441,9 @@ class Stream:
         self.resampler = StreamResampler(stage.output_sample_rate, OUTPUT_SAMPLE_RATE)
 
     def _abandon(self) -> None:
-        """Drop the segment in progress and everything the stages hold."""
+        """Drop the segment in progress, the prefill and everything the stages hold."""
         job, self._job = self._job, None
+        self._prefill, self._prefilled_text = None, ""
         if job is not None:
             job.chunks.close() if hasattr(job.chunks, "close") else None
         self.voice.reset()
@@ -440,6 +487,8 @@ class Pipeline:
         segmenter_factory: Callable[[], Segmenter] = Segmenter,
     ) -> None:
         self.engine = engine
+        #: The engine can prefill prompts speculatively (see :meth:`SopranoEngine.prefill`).
+        self.prefills = callable(getattr(engine, "prefill", None))
         self.voice_factory: VoiceFactory = voice_factory or self._no_voices
         self.max_streams = max_streams
         self.max_queued_samples = int(queue_s * OUTPUT_SAMPLE_RATE)

@@ -130,6 +130,11 @@ class Segmenter:
         self._buf = ""
 
     @property
+    def pending_text(self) -> str:
+        """The text buffered and not yet cut into a segment (raw, as received)."""
+        return self._buf
+
+    @property
     def pending_chars(self) -> int:
         """Number of characters buffered and not yet cut into a segment."""
         return len(self._buf)

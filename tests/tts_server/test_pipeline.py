@@ -201,3 +201,30 @@ async def test_segment_events_report_time_to_first_audio(pipeline_for, soprano_e
     done = next(e for e in events if isinstance(e, SegmentDone))
     assert 0 < done.ttfa_ms < (time.monotonic() - t0) * 1000
     assert done.synth_ms > 0
+
+
+async def test_sentences_are_prefilled_while_their_tokens_arrive(pipeline_for, soprano_engine):
+    from tts_server.cli import llm_like_tokens
+
+    calls: list[str] = []
+
+    class Spy(Recording):
+        def prefill(self, text, previous=None):
+            calls.append(text)
+            return self.engine.prefill(text, previous)
+
+        def synthesize(self, text, prefill=None):
+            return self.engine.synthesize(text, prefill)
+
+    pipeline = pipeline_for(Spy(soprano_engine))
+    stream = pipeline.open_stream()
+    text = "This sentence arrives one word at a time."
+    for token in llm_like_tokens(text):
+        stream.push(token)
+        await asyncio.sleep(0.03)  # an LLM writing about 30 tokens per second
+    stream.flush()
+    audio = np.concatenate([e.pcm for e in await collect(stream) if isinstance(e, Audio)])
+    assert calls and all(text.startswith(c) for c in calls)
+    assert len(calls[-1]) > len(text) // 2  # kept up with the text
+    reference = await pipeline_for(soprano_engine).speak(text)
+    np.testing.assert_allclose(audio, reference, rtol=0, atol=1e-5 * np.abs(reference).max())

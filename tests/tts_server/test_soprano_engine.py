@@ -177,3 +177,28 @@ def test_hub_model_unavailable_offline_says_how_to_get_it(monkeypatch, tmp_path)
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(soprano_mod.EngineUnavailable, match="huggingface-cli download"):
         resolve_model_dir("ekwek/Soprano-1.1-80M")
+
+
+# -- speculative prefill -----------------------------------------------------------------------
+
+
+def test_prefill_while_the_sentence_is_written_gives_the_same_audio(soprano_engine):
+    words = SENTENCE.split(" ")
+    prefill = None
+    lengths = []
+    for k in range(1, len(words)):
+        prefill = soprano_engine.prefill(" ".join(words[:k]), prefill)
+        if prefill is not None:
+            lengths.append(prefill.cache.get_seq_length())
+            assert lengths[-1] == len(prefill.ids)
+    assert lengths == sorted(lengths) and lengths[-1] > 10  # the cache grew with the text
+    with_prefill = np.concatenate(list(soprano_engine.synthesize(SENTENCE, prefill)))
+    without = np.concatenate(list(soprano_engine.synthesize(SENTENCE)))
+    np.testing.assert_allclose(with_prefill, without, rtol=0, atol=1e-5 * np.abs(without).max())
+
+
+def test_a_prefill_of_other_text_is_only_partly_reused(soprano_engine):
+    other = soprano_engine.prefill("Something else entirely, said before.")
+    with_other = np.concatenate(list(soprano_engine.synthesize(SENTENCE, other)))
+    without = np.concatenate(list(soprano_engine.synthesize(SENTENCE)))
+    np.testing.assert_allclose(with_other, without, rtol=0, atol=1e-5 * np.abs(without).max())

@@ -20,6 +20,10 @@ generation loop and the streaming decoder schedule are ours:
   tokens and re-decodes a fixed window; we emit the first 48 ms after 4 latents
   instead of 64 ms after 5, then grow chunks (64 → 128 → ``chunk_tokens``·64 ms) so
   the decoder's fixed cost is amortised once playback has a lead.
+* Speculative prefill: while a sentence is still being written, :meth:`SopranoEngine.prefill`
+  runs the prompt prefix written so far through the model; when the sentence is complete,
+  only the tokens after the longest common prefix are computed (KV-cache reuse), which
+  takes the prompt's prefill off the time to first audio.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +50,24 @@ LATENT_DIM = 512
 LOOKAHEAD_SAMPLES = 6656
 #: A decode window must start this many samples before the first sample taken from it.
 LEFT_CONTEXT_SAMPLES = 4608
+#: Prefill leaves the prompt's last tokens out: the word being written may still change them.
+PREFILL_HOLDBACK_TOKENS = 2
 STOP, TEXT, START = "[STOP]", "[TEXT]", "[START]"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "decoder.pth")
 HUB_PATTERNS = ["*.json", "model.safetensors", "decoder.pth"]
+
+
+@dataclass
+class Prefill:
+    """A prompt prefix already run through the language model (its KV cache).
+
+    Attributes:
+        ids: token ids in the cache, starting with ``[STOP][TEXT]``.
+        cache: the transformers KV cache holding exactly ``ids``.
+    """
+
+    ids: list[int]
+    cache: object
 
 
 class EngineUnavailable(EngineLoadError):
@@ -248,8 +268,13 @@ class SopranoEngine:
 
     # -- synthesis ---------------------------------------------------------------------
 
-    def synthesize(self, text: str) -> Iterator[np.ndarray]:
+    def synthesize(self, text: str, prefill: Prefill | None = None) -> Iterator[np.ndarray]:
         """Speak one segment; yields ``(N,)`` float32 numpy chunks at 32 kHz (see :class:`TTSEngine`).
+
+        Args:
+            text: the segment.
+            prefill: from :meth:`prefill` on a prefix of this text (consumed: its cache
+                is extended in place); any mismatch only reduces what is reused.
 
         Yields nothing when the text normalises to nothing or the model emits no audio token.
         """
@@ -257,11 +282,43 @@ class SopranoEngine:
         if not prompt_text:
             return
         limit = min(self.max_new_tokens, int(16 + self.max_tokens_per_char * len(prompt_text)))
-        for chunk in self.stream_decode(self.latents(prompt_text, limit)):
+        for chunk in self.stream_decode(self.latents(prompt_text, limit, prefill)):
             yield chunk.numpy()
 
-    def latents(self, prompt_text: str, max_new_tokens: int | None = None) -> Iterator[torch.Tensor]:
+    def prefill(self, text: str, previous: Prefill | None = None) -> Prefill | None:
+        """Run the prompt of a sentence that is still being written through the model.
+
+        Args:
+            text: the sentence so far (raw; normalised here).
+            previous: an earlier prefill of this sentence; its common prefix is reused.
+
+        Returns:
+            The prefill to hand to :meth:`synthesize`, or ``previous`` unchanged when
+            there is nothing new to compute (``None`` if there is nothing at all).
+        """
+        from transformers import DynamicCache
+
+        prompt_text = prepare_text(text)
+        ids = self.tokenizer(f"{STOP}{TEXT}{prompt_text}")["input_ids"][:-PREFILL_HOLDBACK_TOKENS]
+        if len(ids) <= 2:
+            return previous
+        keep = _common_prefix(previous.ids, ids) if previous is not None else 0
+        if previous is not None and keep == len(ids):
+            return previous
+        cache = previous.cache if previous is not None and keep > 0 else DynamicCache(config=self.lm.config)
+        _crop(cache, keep)
+        self._forward(torch.tensor([ids[keep:]], device=self.device), cache)
+        return Prefill(ids, cache)
+
+    def latents(
+        self, prompt_text: str, max_new_tokens: int | None = None, prefill: Prefill | None = None
+    ) -> Iterator[torch.Tensor]:
         """Generate the audio latents of one normalised sentence.
+
+        Args:
+            prompt_text: output of :func:`prepare_text`.
+            max_new_tokens: cap of audio tokens (default: the engine's).
+            prefill: a KV cache of a prompt prefix to start from (see :meth:`prefill`).
 
         Yields:
             ``(512,)`` float32 CPU tensors, one per audio token (64 ms), until ``[STOP]``
@@ -270,13 +327,15 @@ class SopranoEngine:
         from transformers import DynamicCache
 
         limit = max_new_tokens or self.max_new_tokens
-        ids = self.tokenizer(f"{STOP}{TEXT}{prompt_text}{START}", return_tensors="pt")["input_ids"].to(self.device)
-        cache = DynamicCache(config=self.lm.config)
+        ids = self.tokenizer(f"{STOP}{TEXT}{prompt_text}{START}")["input_ids"]
         seen = torch.zeros(self.lm.lm_head.out_features, dtype=torch.bool, device=self.device)
-        seen[ids[0]] = True
+        seen[torch.tensor(ids, device=self.device)] = True
+        keep = min(_common_prefix(prefill.ids, ids), len(ids) - 1) if prefill is not None else 0
+        cache = prefill.cache if keep > 0 else DynamicCache(config=self.lm.config)
+        _crop(cache, keep)
         # No context manager may stay open across a `yield`: several streams' generators
         # interleave on one thread, and grad mode is per-thread state.
-        hidden = self._forward(ids, cache)
+        hidden = self._forward(torch.tensor([ids[keep:]], device=self.device), cache)
         for _ in range(limit):
             token = self._next_token(hidden, seen)
             if token == self.stop_id:
@@ -352,3 +411,19 @@ class SopranoEngine:
         # Keep only the latents the next window needs: 2.25 tokens left of `end`.
         keep_from = max(window_start, (end - LEFT_CONTEXT_SAMPLES) // TOKEN_SAMPLES)
         return chunk, window[keep_from - window_start :], keep_from
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _crop(cache, length: int) -> None:
+    """Cut a KV cache back to its first ``length`` tokens (a negative count works across transformers versions)."""
+    remove = cache.get_seq_length() - length
+    if remove > 0:
+        cache.crop(-remove)
