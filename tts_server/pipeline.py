@@ -127,8 +127,10 @@ class UnknownVoice(ValueError):
 #: A prefill is scheduled as if its deadline were this far in the future: it runs when no
 #: stream's listener will run out of audio sooner.
 PREFILL_SLACK_S = 0.25
-#: Shortest pending text worth prefilling, in characters.
-PREFILL_MIN_CHARS = 8
+#: Prefill again once the pending text has grown by this many characters. Each prefill
+#: call reads all the model's weights once, so prefilling every token would cost ~20×
+#: the compute of prefilling a few words at a time (on CPU).
+PREFILL_STEP_CHARS = 16
 
 #: Makes a stream's voice stage: ``None`` = the default voice. Raises :class:`UnknownVoice`.
 VoiceFactory = Callable[[str | None], VoiceStage]
@@ -344,8 +346,7 @@ class Stream:
         """Called under ``_lock``: is there new unspoken text worth prefilling?"""
         return (
             self._pipeline.prefills
-            and len(self._pending_text) >= PREFILL_MIN_CHARS
-            and self._pending_text != self._prefilled_text
+            and len(self._pending_text) - len(self._prefilled_text) >= PREFILL_STEP_CHARS
         )
 
     def _post(self, epoch: int, event: Event) -> bool:
