@@ -77,7 +77,7 @@ class VoiceBot(commands.Bot):
 
 
 def debug_app(settings: Settings, pipeline: Pipeline) -> web.Application:
-    """The pipeline's ``/ws/stream``, ``/api/speak`` and ``/health`` over the bot's own pipeline."""
+    """The pipeline's ``/ws/stream``, ``/api/speak``, ``/health`` and ``/voices`` over the bot's own pipeline."""
     from tts_server import app as server
 
     app = web.Application(client_max_size=server.MAX_FRAME_BYTES)
@@ -86,6 +86,7 @@ def debug_app(settings: Settings, pipeline: Pipeline) -> web.Application:
     app.router.add_get("/ws/stream", server.ws_stream)
     app.router.add_post("/api/speak", server.api_speak)
     app.router.add_get("/health", server.health)
+    app.router.add_get("/voices", server.voices)
     return app
 
 

@@ -87,7 +87,10 @@ class RecordingConnection:
         self._connected.set()
 
     async def disconnect(self, *, force: bool = True, cleanup: bool = True, wait: bool = False) -> None:
+        """As discord.py's: disconnected, and the client's player stopped."""
         self._connected.clear()
+        if cleanup:
+            self.voice_client.stop()
 
     async def move_to(self, channel: Any, timeout: float | None) -> None:
         self.voice_client.channel = channel

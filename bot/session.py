@@ -134,7 +134,11 @@ class GuildSession:
         self.source = BufferSource(cfg.bot.buffer_s)
         self.voice_client: discord.VoiceClient | None = None
         self.current: Job | None = None
-        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=cfg.bot.max_queued_replies)
+        self.last_job: Job | None = None
+        self.max_queued = cfg.bot.max_queued_replies
+        # Bounded in submit(): the reply about to be picked up by the worker does not count
+        # as waiting, so the queue itself is not given a maxsize.
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._player_alive = False
         self._player_error: BaseException | None = None
@@ -207,7 +211,10 @@ class GuildSession:
         if self._leaving:
             return
         log.warning("guild %s: disconnected from voice", self.guild_id)
-        self.voice_client = None
+        vc, self.voice_client = self.voice_client, None
+        if vc is not None:
+            vc.stop()  # discord.py has stopped it already; never leave a second reader on the buffer
+        self._player_alive = False
         self._fail_current(VoiceConnectionLost("I was disconnected from the voice channel."))
 
     def _ensure_player(self) -> None:
@@ -261,13 +268,12 @@ class GuildSession:
             QueueFull: ``max_queued_replies`` replies are already waiting.
         """
         ahead = self._queue.qsize() + (self.current is not None)
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
+        if ahead > self.max_queued:  # one is being spoken (or about to be), the rest wait
             raise QueueFull(
-                f"{self._queue.maxsize} replies are already waiting in this server; "
-                "wait for them or use `stop`."
-            ) from None
+                f"{self.max_queued} {'reply is' if self.max_queued == 1 else 'replies are'} already waiting "
+                "in this server; wait for them or use `stop`."
+            )
+        self._queue.put_nowait(job)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name=f"guild-{self.guild_id}-replies")
         return ahead
@@ -334,6 +340,7 @@ class GuildSession:
                 await asyncio.wait({job.task})
             finally:
                 self.current = None
+                self.last_job = job
                 job.finished.set()
 
     async def _run(self, job: Job) -> None:

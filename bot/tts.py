@@ -8,11 +8,12 @@ float32 mono 48 kHz PCM, :class:`~tts_server.pipeline.SegmentDone`,
 * :class:`EmbeddedTTS` wraps a :class:`~tts_server.pipeline.Pipeline` (inference on
   the pipeline's own thread) and opens one pipeline stream per reply.
 * :class:`RemoteTTS` keeps one WebSocket per server (Discord guild) to ``/ws/stream``
-  (protocol in :mod:`tts_server.protocol`, with events and cancel on); a dropped or
+  (protocol in :mod:`tts_server.protocol`, with events, cancel and voice); a dropped or
   refused connection is re-established in the background with exponential backoff,
   and a reply that needs it meanwhile fails fast with a message saying so.
 
-Voices are plain names handed to the pipeline (``open_stream(voice=...)``).
+Voices are plain names handed to the pipeline (``open_stream(voice=...)``, or
+``{"voice": name}`` on the socket).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import numpy as np
+from yarl import URL
 
 from tts_server.pipeline import (
     Audio,
@@ -164,8 +166,10 @@ class EmbeddedTTS:
         return EmbeddedStream(stream)
 
     async def check_voice(self, voice: str | None) -> None:
-        """Build the voice's stage once (off the event loop) to see that it loads."""
+        """Check the name, then load the voice once off the event loop (so that its first
+        reply does not load it on the inference thread, which all servers share)."""
         try:
+            self.pipeline.check_voice(voice)
             await asyncio.to_thread(self.pipeline.voice_factory, voice)
         except UnknownVoice as exc:
             raise UnknownVoiceError(str(exc)) from None
@@ -235,6 +239,7 @@ class RemoteConnection:
         self._epoch = 0  # incremented by cancel(): queued events of older epochs are stale
         self._unacked_cancels = 0  # events received before the server's "cancelled" are stale
         self._flushes = 0
+        self.voice: str | None = None  # the voice the server speaks in on this connection
         self._closed = False
         self._task = asyncio.create_task(self._run(), name=f"tts-remote-{name}")
 
@@ -275,9 +280,16 @@ class RemoteConnection:
 
     async def flush(self, generation: int) -> int:
         """Send a flush; returns the id the server gives its ``flushed`` event."""
-        await self.send(generation, {"flush": True})
         self._flushes += 1
-        return self._flushes
+        flush_id = self._flushes
+        await self.send(generation, {"flush": True})
+        return flush_id
+
+    async def set_voice(self, generation: int, voice: str | None) -> None:
+        """Speak the following text in ``voice`` (``None``: the server's default)."""
+        if voice != self.voice:
+            await self.send(generation, {"voice": voice})
+            self.voice = voice
 
     async def cancel(self, generation: int) -> None:
         """Barge-in: tell the server, and drop everything received until it confirms."""
@@ -334,6 +346,7 @@ class RemoteConnection:
                 self._events.get_nowait()
             self._ws = ws
             self._flushes = 0
+            self.voice = None
             self._unacked_cancels = 0
             self.generation += 1
             self._connected.set()
@@ -442,19 +455,42 @@ class RemoteTTS:
         return conn
 
     async def open_stream(self, key: Hashable, voice: str | None) -> RemoteStream:
-        """Wait (up to ``connect_timeout_s``) for server ``key``'s connection; a stream over it."""
-        await self.check_voice(voice)
+        """Wait (up to ``connect_timeout_s``) for server ``key``'s connection; a stream over it.
+
+        The voice is chosen with ``{"voice": ...}``; a name the server does not know comes
+        back as a ``StreamError`` event (``check_voice`` catches it earlier).
+        """
         conn = self.connection(key)
         generation = await conn.wait_connected(self.connect_timeout_s)
+        await conn.set_voice(generation, voice)
         return RemoteStream(conn, generation)
 
+    def voices_url(self) -> str:
+        """``GET /voices`` of the server behind :attr:`url` (same host, port and path prefix)."""
+        url = URL(self.url)
+        prefix = url.path[: -len("/ws/stream")] if url.path.endswith("/ws/stream") else url.path.rstrip("/")
+        return str(url.with_scheme("https" if url.scheme == "wss" else "http").with_path(prefix + "/voices"))
+
     async def check_voice(self, voice: str | None) -> None:
-        """Only the server's default voice: ``/ws/stream`` has no voice selection."""
-        if voice is not None:
-            raise UnknownVoiceError(
-                f"cannot use voice {voice!r} with a remote TTS server: /ws/stream has no voice "
-                "selection (set the server's [rvc] voice, or run the bot with [tts] mode = \"embedded\")"
-            )
+        """Ask the server's ``GET /voices`` whether it has ``voice``.
+
+        Raises:
+            UnknownVoiceError: it does not.
+            TTSUnavailable: the server cannot be asked.
+        """
+        if voice is None:
+            return
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.get(self.voices_url(), timeout=aiohttp.ClientTimeout(total=self.connect_timeout_s)) as r:
+                r.raise_for_status()
+                listing = await r.json()
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            raise TTSUnavailable(f"cannot ask the TTS server for its voices ({self.voices_url()}: {exc})") from None
+        names = [v.get("name") for v in listing.get("voices", [])]
+        if voice not in names:
+            raise UnknownVoiceError(f"unknown voice {voice!r}: available voices: {', '.join(names) or 'none'}")
 
     async def release(self, key: Hashable) -> None:
         """Close server ``key``'s connection."""

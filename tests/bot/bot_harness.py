@@ -166,9 +166,9 @@ class Harness:
         session = self.sessions.get(guild.id)
         return GuildHandle(self, guild, voice, text, self.world.context(guild, text, voice), Tap(session.source), session)
 
-    async def invoke(self, name: str, ctx, *args, **kwargs) -> None:
+    async def invoke(self, command_name: str, ctx, /, *args, **kwargs) -> None:
         """Run a command as discord.py does: its callback, and failures through ``cog_command_error``."""
-        command = next(c for c in self.cog.get_commands() if c.name == name)
+        command = next(c for c in self.cog.get_commands() if c.name == command_name)
         ctx.command = command
         try:
             await command.callback(self.cog, ctx, *args, **kwargs)
