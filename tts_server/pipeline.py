@@ -176,6 +176,7 @@ class Stream:
         self._epoch = 0
         self._work: collections.deque[Segment | _FlushMark] = collections.deque()
         self._queued_samples = 0
+        self._queued_chars = 0  # text of the segments in _work
         self._closed = False
         # Inference-thread state.
         self.voice_name = voice_name
@@ -196,6 +197,13 @@ class Stream:
         """Characters buffered in the segmenter, not yet cut into a segment."""
         return self._segmenter.pending_chars
 
+    @property
+    def unspoken_chars(self) -> int:
+        """Characters not yet being spoken: buffered plus cut into segments still queued."""
+        with self._lock:
+            queued = self._queued_chars
+        return self._segmenter.pending_chars + queued
+
     def push(self, token: str, pitch_shift: float | None = None) -> list[Segment]:
         """Add an LLM token; segments it completes are queued for synthesis at once.
 
@@ -210,10 +218,11 @@ class Stream:
         Raises:
             PendingTextFull: the token would exceed ``max_pending_chars`` (nothing is added).
         """
-        if self._segmenter.pending_chars + len(token) > self._pipeline.max_pending_chars:
+        unspoken = self.unspoken_chars
+        if unspoken + len(token) > self._pipeline.max_pending_chars:
             raise PendingTextFull(
-                f"too much unspoken text: {self._segmenter.pending_chars} characters are buffered and the "
-                f"limit is {self._pipeline.max_pending_chars}; send a flush"
+                f"too much unspoken text: {unspoken} characters are waiting to be spoken and the "
+                f"limit is {self._pipeline.max_pending_chars}"
             )
         if pitch_shift is not None:
             self.pitch_shift = float(pitch_shift)
@@ -263,6 +272,7 @@ class Stream:
             self._epoch += 1
             self._pending_text = ""
             self._work.clear()
+            self._queued_chars = 0
             self._queued_samples = 0
         self._flush_segments = []
         self._flush_samples = 0
@@ -307,6 +317,7 @@ class Stream:
         if segments:
             with self._lock:
                 self._work.extend(segments)
+                self._queued_chars += sum(len(seg.text) for seg in segments)
             self._pipeline.wake()
         return segments
 
@@ -375,6 +386,8 @@ class Stream:
             cancelled = self._stage_epoch != epoch
             self._stage_epoch = epoch
             item = self._work.popleft() if not cancelled and self._job is None and self._work else None
+            if isinstance(item, Segment):
+                self._queued_chars -= len(item.text)
             pending = self._pending_text if item is None and self._job is None and self._prefill_due() else None
         if cancelled:
             self._abandon()
@@ -473,7 +486,8 @@ class Pipeline:
             names outside it are refused at once by :meth:`Stream.set_voice`.
         max_streams: concurrent streams allowed; :meth:`open_stream` raises past it.
         queue_s: seconds of audio a stream may have queued for its client.
-        max_pending_chars: unspoken characters a stream may buffer.
+        max_pending_chars: unspoken characters a stream may hold (buffered text plus
+            segments waiting for synthesis).
         segmenter_factory: makes one segmenter per stream.
     """
 

@@ -182,6 +182,17 @@ async def test_pending_text_limit_refuses_the_token_and_keeps_the_rest(pipeline_
     assert [e.text for e in await collect(stream) if isinstance(e, SegmentDone)] == ["abcdefghij"]
 
 
+async def test_queued_segments_count_against_the_unspoken_text_limit(pipeline_for, make_soprano_dir):
+    from tts_server.engines.soprano import SopranoEngine
+
+    pipeline = pipeline_for(SopranoEngine(make_soprano_dir(200), device="cpu"), max_pending_chars=60)
+    stream = pipeline.open_stream()
+    stream.push("First long sentence. Second one here! ")  # cut at once: segments, not buffer
+    assert stream.pending_chars == 0 and stream.unspoken_chars > 0
+    with pytest.raises(PendingTextFull):
+        stream.push("And a third sentence that is too much.")
+
+
 async def test_espeak_engine_speaks_real_words_at_48k(pipeline_for):
     engine = EspeakEngine()
     assert engine.sample_rate == 22_050
