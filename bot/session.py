@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -141,6 +142,7 @@ class GuildSession:
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._player_alive = False
+        self._player_generation = 0
         self._player_error: BaseException | None = None
         self._leaving = False
         self._loop = asyncio.get_running_loop()
@@ -225,15 +227,18 @@ class GuildSession:
         if vc.is_playing() or vc.is_paused():
             vc.stop()  # a player whose thread already ended (dropped connection): no race
         self._player_error = None
-        vc.play(self.source, after=self._player_ended, signal_type="voice")
+        self._player_generation += 1
+        vc.play(self.source, after=functools.partial(self._player_ended, self._player_generation), signal_type="voice")
         self._player_alive = True
 
-    def _player_ended(self, error: BaseException | None) -> None:
+    def _player_ended(self, generation: int, error: BaseException | None) -> None:
         """Player thread: its thread is ending (source closed, or the connection gave up)."""
         with contextlib.suppress(RuntimeError):  # loop closed at shutdown
-            self._loop.call_soon_threadsafe(self._on_player_ended, error)
+            self._loop.call_soon_threadsafe(self._on_player_ended, generation, error)
 
-    def _on_player_ended(self, error: BaseException | None) -> None:
+    def _on_player_ended(self, generation: int, error: BaseException | None) -> None:
+        if generation != self._player_generation:
+            return  # an earlier player (before a leave or a reconnect): not the one playing now
         self._player_alive = False
         self._player_error = error
         if not self._leaving:

@@ -87,6 +87,7 @@ class Reply:
         self.started_at = 0.0
         self.first_text_at: float | None = None
         self.released_at: float | None = None
+        self.flushed: Flushed | None = None
         self._flush_id: int | None = None
         self._gate: StartGate | None = None
 
@@ -169,6 +170,7 @@ class Reply:
                 log.warning("TTS error in a reply: %s", event.message)
                 self.tts_errors.append(event.message)
             elif isinstance(event, Flushed) and self._flush_id is not None and event.flush_id == self._flush_id:
+                self.flushed = event
                 self._release(now)
                 source.end_reply()
                 return

@@ -172,8 +172,8 @@ async def test_an_unexpected_error_is_logged_and_answered_generically(harness, e
 async def test_a_full_queue_refuses_new_replies_without_dropping_queued_ones(harness, espeak_pipeline, llm_server):
     h = await harness(espeak_pipeline, bot={"max_queued_replies": 1})
     g = h.guild()
-    llm_server.queue(Script(llm_tokens(LONG), delay_s=0.02))
-    await h.invoke("speak", g.ctx, prompt="long one")
+    llm_server.queue(Script(llm_tokens("A short first reply."), delay_s=0.02))
+    await h.invoke("speak", g.ctx, prompt="short one")
     await h.invoke("say", g.ctx, text="Queued.")
     await h.invoke("say", g.ctx, text="One too many.")
     assert g.text.texts()[-2:] == ["🔊 Saying it (after 1 other reply).",
@@ -223,6 +223,7 @@ async def test_an_unreachable_tts_server_is_reported_then_reconnected_with_backo
                     await asyncio.sleep(0.05)
             await _say_works(h, g)
         finally:
+            await backend.aclose()  # first: the server waits for open sockets when closing
             await server.close()
     finally:
         await backend.aclose()
