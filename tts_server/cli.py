@@ -1,4 +1,4 @@
-"""The ``tts-server`` command: ``serve`` (default) runs the server, ``say`` speaks through a running one."""
+"""The tts-server command: "serve" (the default) runs the server, "say" speaks through a running one."""
 
 from __future__ import annotations
 
