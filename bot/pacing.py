@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 #: Typical English speech: about 13 characters per second.
 DEFAULT_SECONDS_PER_CHAR = 0.075
 #: Margin on the rtf estimate (the measurement is noisy, and chunks are uneven).
-SAFETY = 1.15
+SAFETY = 1.1
 #: Audio needed before the reply's own wall-clock rate is trusted.
 MIN_OBSERVED_S = 0.5
 
@@ -125,9 +125,17 @@ class StartGate:
                 rtf = max(rtf, (now - self.first_audio_at) / after_first)
         return rtf
 
-    def ready(self, buffered_s: float, remaining_chars: int, now: float) -> bool:
-        """True when ``buffered_s`` seconds suffice for the text still to synthesize."""
+    def ready(self, buffered_s: float, remaining_chars: int, now: float, in_progress_s: float = 0.0) -> bool:
+        """True when ``buffered_s`` seconds suffice for the text still to synthesize.
+
+        Args:
+            buffered_s: audio buffered ahead of playback, in seconds.
+            remaining_chars: characters sent to the pipeline whose segments are not done.
+            now: ``time.perf_counter()``.
+            in_progress_s: audio already received of the segment being synthesized
+                (it is part of ``remaining_chars``' estimate but no longer to come).
+        """
         if buffered_s <= 0:
             return False
-        remaining_s = remaining_chars * self.estimate.seconds_per_char
+        remaining_s = max(0.0, remaining_chars * self.estimate.seconds_per_char - in_progress_s)
         return buffered_s >= required_buffer_s(self.rtf(now), remaining_s, self.estimate.chunk_s)

@@ -84,6 +84,7 @@ class Reply:
         self.done_chars = 0
         self.written_samples = 0
         self.segments: list[tuple[int, str]] = []  # (written samples at its end, text)
+        self._segment_samples = 0  # written since the last finished segment
         self.started_at = 0.0
         self.first_text_at: float | None = None
         self.released_at: float | None = None
@@ -160,12 +161,14 @@ class Reply:
                     await source.wait_for_room()
                 source.write(event.pcm)
                 self.written_samples += event.pcm.size
+                self._segment_samples += event.pcm.size
                 gate.on_audio(event.pcm.size, now)
                 self.estimate.observe_chunk(event.pcm.size)
             elif isinstance(event, SegmentDone):
                 self.estimate.observe_segment(event.text, event.audio_samples, event.synth_ms)
                 self.done_chars += len(event.text)
                 self.segments.append((self.written_samples, event.text))
+                self._segment_samples = 0
             elif isinstance(event, StreamError):
                 log.warning("TTS error in a reply: %s", event.message)
                 self.tts_errors.append(event.message)
@@ -176,7 +179,7 @@ class Reply:
                 return
             if self.playback.held:
                 remaining = max(0, self.pushed_chars - self.done_chars)
-                if gate.ready(source.buffered_s, remaining, now):
+                if gate.ready(source.buffered_s, remaining, now, self._segment_samples / SAMPLE_RATE):
                     self._release(now)
 
     def _release(self, now: float) -> None:

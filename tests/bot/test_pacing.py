@@ -131,7 +131,7 @@ async def test_the_same_slow_reply_stalls_without_the_start_delay(harness, slow_
     """Control: the check above can fail."""
     from bot.pacing import StartGate
 
-    monkeypatch.setattr(StartGate, "ready", lambda self, buffered_s, remaining_chars, now: buffered_s > 0)
+    monkeypatch.setattr(StartGate, "ready", lambda self, buffered_s, *_, **__: buffered_s > 0)
     h = await harness(slow_pipeline)
     g = h.guild()
     await h.invoke("say", g.ctx, text=TEXT)
