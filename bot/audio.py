@@ -62,6 +62,7 @@ class ReplyPlayback:
             before its end (the stalls a listener hears).
         started_at, done_at: ``time.perf_counter()`` of the first frame and of the last
             (``None`` until then).
+        first_underrun_at: ``played_samples`` when the first stall began (``None``: none).
     """
 
     held: bool = False
@@ -74,6 +75,7 @@ class ReplyPlayback:
     underrun_frames: int = 0
     started_at: float | None = None
     done_at: float | None = None
+    first_underrun_at: int | None = None
 
 
 class BufferSource(discord.AudioSource):
@@ -213,6 +215,8 @@ class BufferSource(discord.AudioSource):
             if self._buffered < FRAME_BYTES and not reply.ended:
                 if reply.started_at is not None:
                     reply.underrun_frames += 1
+                    if reply.first_underrun_at is None:
+                        reply.first_underrun_at = reply.played_samples
                 return SILENCE
             frame = self._take(FRAME_BYTES)
             if reply.started_at is None:

@@ -156,6 +156,7 @@ async def run_scenario(name: str, engine: Any, voice_factory: Any, replies: int)
                 "sentence_to_voice_ms": (decoded.times[first] - t_sentence) * 1000,
                 "llm_done_ms": (request.finished_at - t_cmd) * 1000 if request.finished_at else None,
                 "silence_frames": playback.underrun_frames,
+                "first_stall_at_s": None if playback.first_underrun_at is None else playback.first_underrun_at / 48_000,
                 "silent_packets": silent_inside,
                 "start_delay_ms": (reply.start_delay_s or 0.0) * 1000,
                 "audio_s": audio_s,

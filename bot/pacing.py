@@ -35,7 +35,7 @@ DEFAULT_SECONDS_PER_CHAR = 0.075
 #: Margin on the rtf estimate (the measurement is noisy, and chunks are uneven).
 SAFETY = 1.1
 #: Audio needed before the reply's own wall-clock rate is trusted.
-MIN_OBSERVED_S = 0.5
+MIN_OBSERVED_S = 0.2
 
 
 def required_buffer_s(rtf: float, remaining_s: float, chunk_s: float, safety: float = SAFETY) -> float:

@@ -188,8 +188,9 @@ class Reply:
             self.source.release()
             assert self._gate is not None
             log.debug(
-                "reply starts: %.2f s buffered, rtf %.2f, %d chars to go",
-                self.source.buffered_s, self._gate.rtf(now), max(0, self.pushed_chars - self.done_chars),
+                "reply starts: %.2f s buffered of %.2f s received, rtf %.2f, %d chars to go (%.3f s/char)",
+                self.source.buffered_s, self.audio_s, self._gate.rtf(now), max(0, self.pushed_chars - self.done_chars),
+                self.estimate.seconds_per_char,
             )
 
     async def _wait_played(self) -> None:
