@@ -296,31 +296,32 @@ class GuildSession:
             job.outcome = "interrupted"
             job.finished.set()
             dropped += 1
-        self.source.clear()
         job = self.current
+        if job is not None:
+            job.interrupted = True
+            if job.task is not None:
+                job.task.cancel()  # first: the reply handles no further event
+        self.source.clear()
         if job is None:
             return StopReport(False, dropped)
-        job.interrupted = True
         if job.reply is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(job.reply.tts.cancel(), 1.0)
-        if job.task is not None:
-            job.task.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(job.finished.wait()), STOP_WAIT_S)
         return StopReport(True, dropped)
 
     def _fail_current(self, error: BotError) -> None:
         """Abort the reply in progress and the queue because of ``error`` (reported in the channel)."""
-        self.source.clear()
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
-            job.outcome = "failed"
-            job.finished.set()
         job = self.current
         if job is not None and job.task is not None:
             job.failure = error
             job.task.cancel()
+        self.source.clear()
+        while not self._queue.empty():
+            queued = self._queue.get_nowait()
+            queued.outcome = "failed"
+            queued.finished.set()
 
     async def aclose(self) -> None:
         """Shut down: leave voice and stop the worker."""
@@ -355,7 +356,10 @@ class GuildSession:
         try:
             await self._speak(job, live)
             job.outcome = "done"
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # stop, or the bot was disconnected: wind up below
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
             error = job.failure
             job.outcome = "failed" if error is not None else "interrupted"
         except BotError as exc:

@@ -153,6 +153,8 @@ class Reply:
         while True:
             event = await self.tts.get()
             now = time.perf_counter()
+            if self.playback.done:  # cleared by a stop: this reply takes no more audio
+                return
             if isinstance(event, Audio):
                 if event.pcm.size == 0:
                     continue
