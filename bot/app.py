@@ -128,7 +128,8 @@ async def run(settings: Settings, token: str) -> None:
     runner: web.AppRunner | None = None
     llm = LLMClient(settings.bot.llm)
     try:
-        estimate = await warm_up(backend) if settings.pipeline.engine.warmup or settings.bot.tts.mode == "remote" else RateEstimate()
+        warm = settings.pipeline.engine.warmup or settings.bot.tts.mode == "remote"
+        estimate = await warm_up(backend) if warm else RateEstimate()
         if isinstance(backend, EmbeddedTTS) and settings.bot.tts.serve_http:
             runner = web.AppRunner(debug_app(settings, backend.pipeline))
             await runner.setup()

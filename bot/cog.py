@@ -182,7 +182,8 @@ class VoiceCog(commands.Cog, name="Voice"):
         elif isinstance(error, commands.NoPrivateMessage):
             message = "Voice commands work in a server, not in direct messages."
         elif isinstance(error, commands.RangeError):
-            message = f"{ctx.command.name if ctx.command else 'That'}: the value must be between {error.minimum} and {error.maximum}."
+            name = ctx.command.name if ctx.command else "That"
+            message = f"{name}: the value must be between {error.minimum} and {error.maximum}."
         elif isinstance(error, commands.UserInputError):
             usage = f"`{ctx.clean_prefix}{ctx.command.qualified_name} {ctx.command.signature}`" if ctx.command else ""
             message = f"{error} Usage: {usage}".strip()

@@ -130,7 +130,8 @@ class LocalLLM:
                         request.transport.abort()
                         return response
                     if script.fail_after is not None and sent >= script.fail_after:
-                        await response.write(b'data: {"error": {"message": "scripted mid-stream failure", "type": "server_error"}}\n\n')
+                        error = {"error": {"message": "scripted mid-stream failure", "type": "server_error"}}
+                        await response.write(f"data: {json.dumps(error)}\n\n".encode())
                         return response
                     await self._event(response, {"content": token}, model)
                     log.tokens.append(token)

@@ -186,7 +186,7 @@ class GuildSession:
                 self._leaving = False
                 vc = await channel.connect(timeout=timeout, reconnect=True, self_deaf=True)
                 self.voice_client = vc
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise VoiceConnectError(f"connecting to {channel.mention} timed out after {timeout:.0f} s.") from None
         except discord.ClientException as exc:
             raise VoiceConnectError(f"cannot connect to {channel.mention}: {exc}") from None

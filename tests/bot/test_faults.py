@@ -60,7 +60,7 @@ async def test_missing_connect_or_speak_permission_is_named(harness, espeak_pipe
 async def test_a_voice_connection_that_times_out_is_reported(harness, espeak_pipeline):
     h = await harness(espeak_pipeline, bot={"connect_timeout_s": 3.0})
     g = h.guild()
-    g.voice.connect_error = asyncio.TimeoutError()
+    g.voice.connect_error = TimeoutError()
     await h.invoke("join", g.ctx)
     assert g.text.texts() == [f"⚠️ connecting to {g.voice.mention} timed out after 3 s."]
     g.voice.connect_error = None
