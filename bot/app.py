@@ -105,10 +105,10 @@ async def build_tts(settings: Settings) -> TTSBackend:
     return EmbeddedTTS(pipeline)
 
 
-async def warm_up(backend: TTSBackend) -> RateEstimate:
-    """Measure the backend once; the defaults (with a warning) if it fails."""
+async def warm_up(backend: TTSBackend, voice: str | None = None) -> RateEstimate:
+    """Measure the backend once in ``voice``; the defaults (with a warning) if it fails."""
     try:
-        estimate = await measure(backend)
+        estimate = await measure(backend, voice=voice)
     except (TTSError, TimeoutError) as exc:
         log.warning("TTS warm-up failed (%s); replies will tell", exc)
         return RateEstimate()
@@ -129,14 +129,16 @@ async def run(settings: Settings, token: str) -> None:
     llm = LLMClient(settings.bot.llm)
     try:
         warm = settings.pipeline.engine.warmup or settings.bot.tts.mode == "remote"
-        estimate = await warm_up(backend) if warm else RateEstimate()
+        voice = settings.bot.tts.voice or None
+        estimate = await warm_up(backend, voice) if warm else RateEstimate()
         if isinstance(backend, EmbeddedTTS) and settings.bot.tts.serve_http:
             runner = web.AppRunner(debug_app(settings, backend.pipeline))
             await runner.setup()
             server = settings.pipeline.server
             await web.TCPSite(runner, server.host, server.port).start()
             log.info("debug HTTP: http://%s:%d/health, ws://%s:%d/ws/stream", server.host, server.port, server.host, server.port)
-        services = Services(settings.bot, backend, llm, ConversationHistory(settings.bot.bot.history_messages), estimate)
+        services = Services(settings.bot, backend, llm, ConversationHistory(settings.bot.bot.history_messages), estimate,
+                            {voice: estimate} if estimate.segments else {})
         bot = VoiceBot(settings.bot, SessionManager(services))
         log.info("TTS: %s; LLM: %s at %s", backend.description, settings.bot.llm.model, settings.bot.llm.base_url)
         async with bot:

@@ -147,6 +147,7 @@ class VoiceCog(commands.Cog, name="Voice"):
         await ctx.defer()
         await self.sessions.services.tts.check_voice(chosen)
         session.voice = chosen
+        self.sessions.services.learn_voice(chosen)
         await ctx.send(f"🗣️ Voice set to **{chosen or 'default'}** (from the next reply).")
 
     @commands.hybrid_command()

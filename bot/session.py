@@ -42,7 +42,7 @@ from .live_text import LiveText, Send
 from .llm import LLMClient
 from .pacing import RateEstimate
 from .speech import Reply, iterate, text_pieces
-from .tts import TTSBackend
+from .tts import TTSBackend, measure
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class Services:
     history: ConversationHistory
     default_estimate: RateEstimate = field(default_factory=RateEstimate)
     estimates: dict[str | None, RateEstimate] = field(default_factory=dict)
+    _measuring: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
     def estimate(self, voice: str | None) -> RateEstimate:
         """The running rate estimate of ``voice``."""
@@ -76,6 +77,28 @@ class Services:
             d = self.default_estimate
             self.estimates[voice] = RateEstimate(rtf=d.rtf, seconds_per_char=d.seconds_per_char, chunk_s=d.chunk_s)
         return self.estimates[voice]
+
+    def learn_voice(self, voice: str | None) -> None:
+        """Measure ``voice`` in the background unless it has been (an RVC voice can be much
+        slower than the default; its first reply should already start late enough)."""
+        if voice in self.estimates and self.estimates[voice].segments:
+            return
+
+        async def run() -> None:
+            try:
+                self.estimates[voice] = await measure(self.tts, voice=voice, estimate=self.estimate(voice))
+                log.info("voice %s: rtf %.2f", voice or "default", self.estimates[voice].rtf)
+            except Exception as exc:  # only an estimate: replies measure as they go
+                log.warning("could not measure voice %s: %s", voice or "default", exc)
+
+        task = asyncio.create_task(run(), name=f"measure-{voice}")
+        self._measuring.add(task)
+        task.add_done_callback(self._measuring.discard)
+
+    async def measured(self) -> None:
+        """Wait until the voices being measured in the background are done."""
+        if self._measuring:
+            await asyncio.gather(*self._measuring, return_exceptions=True)
 
 
 @dataclass

@@ -508,17 +508,17 @@ class RemoteTTS:
 
 
 async def measure(backend: TTSBackend, text: str = "Hello there. This is a warm-up.", timeout_s: float = 120.0,
-                  estimate: RateEstimate | None = None) -> RateEstimate:
-    """Synthesize ``text`` once and return the measured rtf, speech rate and chunk size.
+                  estimate: RateEstimate | None = None, voice: str | None = None) -> RateEstimate:
+    """Synthesize ``text`` once in ``voice`` and return the measured rtf, speech rate and chunk size.
 
-    Used at start-up: it warms the pipeline up and gives the start-delay planner
-    (:mod:`bot.pacing`) a real rtf before the first reply.
+    Used at start-up and when a server picks a new voice: it warms the pipeline up and
+    gives the start-delay planner (:mod:`bot.pacing`) a real rtf before the first reply.
 
     Raises:
         TTSError: the backend failed; TimeoutError: no ``Flushed`` within ``timeout_s``.
     """
     estimate = estimate or RateEstimate()
-    stream = await backend.open_stream("warm-up", None)
+    stream = await backend.open_stream("warm-up", voice)
     try:
         await stream.push(text)
         flush_id = await stream.flush()

@@ -136,6 +136,7 @@ async def test_voice_and_pitch_are_per_guild_and_reach_the_pipeline(harness, voi
         "🎚️ Pitch shift set to **-5** semitones (from the next reply).",
         "Pitch shift: **-5** semitones.",
     ]
+    await h.services.measured()  # the new voice's speed, measured in the background
     PitchRecorder.seen.clear()
     await h.invoke("say", a.ctx, text="Spoken low by the bass.")
     await a.wait_idle()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -137,3 +138,41 @@ async def test_the_same_slow_reply_stalls_without_the_start_delay(harness, slow_
     await h.invoke("say", g.ctx, text=TEXT)
     await g.wait_idle(timeout_s=60)
     assert g.tap.playbacks[0].underrun_frames > 10
+
+
+class SlowVoices:
+    """The default voice is fast (passthrough); ``slow`` runs at rtf 1.5."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+
+    def names(self) -> list[str]:
+        return ["slow"]
+
+    def __call__(self, name):
+        from tts_server.voice import Passthrough
+
+        return SlowVoice(self.sample_rate, 1.5) if name == "slow" else Passthrough(self.sample_rate)
+
+
+async def test_a_newly_chosen_slow_voice_is_measured_before_its_first_reply(harness):
+    from tts_server.engines.espeak import EspeakEngine
+    from tts_server.pipeline import Pipeline
+
+    engine = EspeakEngine()
+    pipeline = Pipeline(engine, voice_factory=SlowVoices(engine.sample_rate))
+    pipeline.start()
+    try:
+        h = await harness(pipeline)
+        assert h.services.default_estimate.rtf < 0.5  # the default voice is fast
+        g = h.guild()
+        await h.invoke("voice", g.ctx, name="slow")
+        async with asyncio.timeout(30):
+            await h.services.measured()  # in the background, right after the command
+        assert h.services.estimates["slow"].rtf > 1.3
+        await h.invoke("say", g.ctx, text=TEXT)
+        await g.wait_idle(timeout_s=60)
+        assert g.tap.playbacks[0].underrun_frames == 0
+        assert g.session.last_job.reply.start_delay_s > 1.0
+    finally:
+        pipeline.stop()

@@ -90,11 +90,13 @@ async def test_voice_and_pitch_travel_to_the_remote_server(harness, remote):
     assert g.text.texts()[-1] == "⚠️ unknown voice 'tenor': available voices: alto, bass"
     await h.invoke("voice", g.ctx, name="bass")
     await h.invoke("pitch", g.ctx, semitones=3.0)
+    await h.services.measured()  # the new voice's speed, measured in the background
     Voices.seen.clear()
     await h.invoke("say", g.ctx, text="In the bass voice.")
     await g.wait_idle()
     assert Voices.seen and set(Voices.seen) == {("bass", 3.0)}
     await h.invoke("voice", g.ctx, name="default")
+    await h.services.measured()
     Voices.seen.clear()
     await h.invoke("say", g.ctx, text="Back to the default voice.")
     await g.wait_idle()
