@@ -209,6 +209,7 @@ def format_table(summaries: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the models and run the chosen scenarios; returns the JSON-serialisable results."""
     import torch
 
     from bot.opus import load_opus

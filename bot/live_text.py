@@ -27,7 +27,9 @@ PAGE_CHARS = 1900
 class Editable(Protocol):
     """A posted message (``discord.Message``)."""
 
-    async def edit(self, *, content: str) -> object: ...
+    async def edit(self, *, content: str) -> object:
+        """Replace the message's content."""
+        ...
 
 
 Send = Callable[[str], Awaitable[Editable]]

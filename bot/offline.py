@@ -39,6 +39,7 @@ class _RecordingSocket:
         self.speaking: list[Any] = []
 
     async def speak(self, state: Any = None) -> None:
+        """Record a speaking-state change."""
         self.speaking.append(state)
 
 
@@ -67,12 +68,15 @@ class RecordingConnection:
         self._connected.set()
 
     def is_connected(self) -> bool:
+        """True until :meth:`drop` or :meth:`disconnect`."""
         return self._connected.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
+        """Block up to ``timeout`` seconds for the connection (the player waits so after a drop)."""
         return self._connected.wait(timeout)
 
     def send_packet(self, packet: bytes) -> None:
+        """Record one encrypted RTP packet. Raises ``OSError`` when not connected (as a socket)."""
         if not self._connected.is_set():
             raise OSError("not connected")
         with self._lock:
@@ -93,6 +97,7 @@ class RecordingConnection:
             self.voice_client.stop()
 
     async def move_to(self, channel: Any, timeout: float | None) -> None:
+        """Move to ``channel`` at once."""
         self.voice_client.channel = channel
 
     def snapshot(self) -> list[tuple[float, bytes]]:
@@ -107,6 +112,7 @@ class RecordingVoiceClient(discord.VoiceClient):
     _connection: RecordingConnection
 
     def create_connection_state(self) -> RecordingConnection:  # type: ignore[override]
+        """The recorder instead of discord.py's connection state (no socket, no gateway)."""
         return RecordingConnection(self)
 
     @property
@@ -194,6 +200,7 @@ class OfflineMessage:
     edits: list[str] = field(default_factory=list)
 
     async def edit(self, *, content: str) -> OfflineMessage:
+        """Change the content (kept in ``edits``)."""
         self.content = content
         self.edits.append(content)
         return self
@@ -209,9 +216,11 @@ class OfflineTextChannel:
 
     @property
     def mention(self) -> str:
+        """``<#id>``."""
         return f"<#{self.id}>"
 
     async def send(self, content: str | None = None, **_: Any) -> OfflineMessage:
+        """Post a message."""
         message = OfflineMessage(content or "", self, [content or ""])
         self.messages.append(message)
         return message
@@ -223,11 +232,15 @@ class OfflineTextChannel:
 
 @dataclass(eq=False)
 class OfflineVoiceState:
+    """A member's voice state: the channel they are in."""
+
     channel: OfflineVoiceChannel | None
 
 
 @dataclass(eq=False)
 class OfflineMember:
+    """A member (or the bot itself)."""
+
     id: int = field(default_factory=lambda: next(_ids))
     display_name: str = "Ada"
     guild: OfflineGuild | None = None
@@ -239,6 +252,8 @@ class OfflineMember:
 
 @dataclass(eq=False)
 class OfflineGuild:
+    """A guild; ``me`` is the bot's member."""
+
     id: int = field(default_factory=lambda: next(_ids))
     name: str = "guild"
     me: OfflineMember = field(default_factory=lambda: OfflineMember(display_name="voice-bot"))
@@ -268,9 +283,11 @@ class OfflineVoiceChannel:
 
     @property
     def mention(self) -> str:
+        """``<#id>``."""
         return f"<#{self.id}>"
 
     def permissions_for(self, member: Any) -> discord.Permissions:
+        """The bot's permissions here (the same for every member)."""
         return self.permissions
 
     def _get_voice_client_key(self) -> tuple[int, str]:
@@ -278,6 +295,7 @@ class OfflineVoiceChannel:
 
     async def connect(self, *, timeout: float = 30.0, reconnect: bool = True, self_deaf: bool = False,
                       self_mute: bool = False, **_: Any) -> RecordingVoiceClient:
+        """Connect: a :class:`RecordingVoiceClient`, or ``connect_error`` raised."""
         if self.connect_error is not None:
             raise self.connect_error
         vc = RecordingVoiceClient(self.client, self)  # type: ignore[arg-type]
@@ -299,9 +317,11 @@ class OfflineContext:
     deferred: int = 0
 
     async def send(self, content: str | None = None, **kwargs: Any) -> OfflineMessage:
+        """Answer in the channel."""
         return await self.channel.send(content, **kwargs)
 
     async def defer(self, **_: Any) -> None:
+        """Acknowledge (counted)."""
         self.deferred += 1
 
 
