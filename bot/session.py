@@ -395,7 +395,10 @@ class GuildSession:
         finally:
             if job.reply is not None and job.outcome != "done":
                 self.source.clear()
-        await self._wind_up(job, live, error)
+        try:
+            await self._wind_up(job, live, error)
+        except Exception:  # reporting must not take the worker down either
+            log.exception("guild %s: winding up a reply failed", self.guild_id)
 
     async def _speak(self, job: Job, live: LiveText | None) -> None:
         services = self.services
@@ -447,9 +450,9 @@ class GuildSession:
             if job.outcome == "done" and error is None:
                 turn = Turn(job.author, job.text, reply.text.strip())
             else:
-                heard, partial = reply.heard()
+                heard, _ = reply.heard()  # whole sentences heard; Turn marks the cut with "…"
                 note = INTERRUPTED_MARK if job.outcome == "interrupted" else "[cut off by an error]"
-                turn = Turn(job.author, job.text, heard + (" …" if partial and heard else ""), True, note)
+                turn = Turn(job.author, job.text, heard, True, note)
             self.services.history.record(job.channel_id, turn)
         if reply is not None:
             log.info(
