@@ -78,16 +78,9 @@ class VoiceBot(commands.Bot):
 
 def debug_app(settings: Settings, pipeline: Pipeline) -> web.Application:
     """The pipeline's ``/ws/stream``, ``/api/speak``, ``/health`` and ``/voices`` over the bot's own pipeline."""
-    from tts_server import app as server
+    from tts_server.app import create_app
 
-    app = web.Application(client_max_size=server.MAX_FRAME_BYTES)
-    app[server.CONFIG] = settings.pipeline
-    app[server.PIPELINE] = pipeline
-    app.router.add_get("/ws/stream", server.ws_stream)
-    app.router.add_post("/api/speak", server.api_speak)
-    app.router.add_get("/health", server.health)
-    app.router.add_get("/voices", server.voices)
-    return app
+    return create_app(settings.pipeline, pipeline=pipeline)
 
 
 async def build_tts(settings: Settings) -> TTSBackend:

@@ -3,7 +3,7 @@
 discord.py's player thread calls :meth:`BufferSource.read` every 20 ms and expects 3840
 bytes (20 ms of 48 kHz s16le stereo); ``b""`` ends the player for good. Stopping a
 player and starting a new one leaks the old thread's five silence frames into the new
-audio (``/work/shared/reference/discord-voice.md``), so each server keeps *one*
+audio (measured with discord.py 2.7's ``AudioPlayer``), so each server keeps *one*
 long-lived player whose source is this buffer:
 
 * the event loop writes float32 mono 48 kHz audio as the pipeline delivers it;

@@ -42,14 +42,16 @@ def create_app(
     *,
     engine: TTSEngine | None = None,
     voice_factory: VoiceFactory | None = None,
+    pipeline: Pipeline | None = None,
 ) -> web.Application:
     """Build the application; the engine loads (off the event loop) when it starts.
 
     Args:
         config: validated settings.
-        engine: an already-loaded engine (tests, the embedding bot); loaded from
-            ``config`` when ``None``.
-        voice_factory: per-stream voice stage; passthrough when ``None``.
+        engine: an already-loaded engine (tests); loaded from ``config`` when ``None``.
+        voice_factory: per-stream voice stages; from ``[rvc]`` when ``None``.
+        pipeline: serve this running pipeline (the bot's own, for debugging) instead of
+            building one; the application then neither warms it up nor stops it.
 
     Raises (at start-up, from the runner):
         EngineLoadError: the engine's files are missing or corrupt.
@@ -58,15 +60,19 @@ def create_app(
     app[CONFIG] = config
 
     async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
-        pipeline = await asyncio.to_thread(build_pipeline, config, engine=engine, voice_factory=voice_factory)
+        if pipeline is not None:
+            app[PIPELINE] = pipeline
+            yield
+            return
+        built = await asyncio.to_thread(build_pipeline, config, engine=engine, voice_factory=voice_factory)
         try:
             if config.engine.warmup:
-                await pipeline.speak("Hello there.")
-            app[PIPELINE] = pipeline
-            log.info("engine %s (%s) on %s ready", pipeline.engine.name, pipeline.engine.model, pipeline.engine.device)
+                await built.speak("Hello there.")
+            app[PIPELINE] = built
+            log.info("engine %s (%s) on %s ready", built.engine.name, built.engine.model, built.engine.device)
             yield
         finally:
-            await asyncio.to_thread(pipeline.stop)
+            await asyncio.to_thread(built.stop)
 
     app.cleanup_ctx.append(pipeline_ctx)
     app.router.add_get("/ws/stream", ws_stream)
@@ -114,11 +120,18 @@ class _Session:
             self.stream.flush()
 
     async def send_events(self) -> None:
-        """Write the stream's audio (binary) and events (text) to the socket, in order."""
+        """Write the stream's audio (binary) and events (text) to the socket, in order.
+
+        A cancel between two frames of one event stops the rest of it, so nothing of
+        the cancelled audio follows the ``cancelled`` acknowledgement.
+        """
         async for event in self.stream.events():
             if isinstance(event, Audio):
+                generation = self.stream.generation
                 pcm = event.pcm.astype("<f4", copy=False)
                 for start in range(0, pcm.size, MAX_FRAME_SAMPLES):
+                    if self.stream.generation != generation:
+                        break
                     await self.ws.send_bytes(pcm[start : start + MAX_FRAME_SAMPLES].tobytes())
             elif isinstance(event, StreamError) or self.events:
                 await self.ws.send_str(event_json(event))

@@ -289,6 +289,11 @@ class Stream:
         self._pipeline.wake()
 
     @property
+    def generation(self) -> int:
+        """Incremented by every :meth:`cancel`: audio received under an older value is stale."""
+        return self._epoch
+
+    @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
         return self._closed

@@ -399,3 +399,50 @@ async def test_pitch_shift_is_carried_to_the_voice_stage(make_server, soprano_en
         await recv_until(ws, is_event("flushed"))
     assert seen and set(seen) == {-5.0, 7.5}
     assert seen == sorted(seen)  # the first segment's chunks carry -5, the second's 7.5
+
+
+async def test_a_cancel_stops_the_rest_of_a_multi_frame_chunk(soprano_dir):
+    """Audio events longer than one frame are cut short by a cancel between their frames."""
+    from tts_server.app import MAX_FRAME_SAMPLES, _Session
+    from tts_server.engines.soprano import SopranoEngine
+    from tts_server.pipeline import Pipeline
+
+    engine = SopranoEngine(soprano_dir, device="cpu", chunk_tokens=16)  # events of up to 4 frames
+    pipeline = Pipeline(engine)
+    pipeline.start()
+    try:
+        stream = pipeline.open_stream()
+        events, sent = [], []
+        receive = stream.get
+
+        async def get():
+            events.append(await receive())
+            return events[-1]
+
+        stream.get = get
+
+        class CancellingSocket:
+            async def send_bytes(self, data: bytes) -> None:
+                sent.append((len(events), len(data) // 4))
+                if events[-1].pcm.size > MAX_FRAME_SAMPLES and not stream.generation:
+                    stream.cancel()  # during the first frame of the first multi-frame event
+
+            async def send_str(self, data: str) -> None:
+                pass
+
+        session = _Session(CancellingSocket(), stream, 10_000)
+        stream.push("A sentence long enough to give a chunk of several frames.")
+        stream.flush()
+        sender = asyncio.create_task(session.send_events())
+        async with asyncio.timeout(30):
+            while not stream.generation:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+        sender.cancel()
+        big = len(events)
+        assert events[big - 1].pcm.size > MAX_FRAME_SAMPLES
+        assert [n for event, n in sent if event == big] == [MAX_FRAME_SAMPLES]  # its other frames were dropped
+        assert sent[-1][0] == big  # and nothing after it was sent
+    finally:
+        stream.close()
+        pipeline.stop()
