@@ -50,7 +50,7 @@ def _model_dir(path: Path | None, tokens: int) -> Path:
     return target
 
 
-async def _bench_server(model_dir: Path, sentences: list[str], token_interval_s: float) -> list[dict]:
+async def _bench_server(model_dir: Path, sentences: list[str], token_interval_s: float, prefill: bool) -> list[dict]:
     import aiohttp
     from aiohttp.test_utils import TestServer
 
@@ -60,7 +60,7 @@ async def _bench_server(model_dir: Path, sentences: list[str], token_interval_s:
     from .engines.soprano import SopranoEngine
 
     engine = await asyncio.to_thread(SopranoEngine, model_dir, device="cpu")
-    config = load_config(None, {"engine": {"warmup": True}})
+    config = load_config(None, {"engine": {"warmup": True, "prefill": prefill}})
     server = TestServer(create_app(config, engine=engine), host="127.0.0.1", port=0)
     await server.start_server()
     url = str(server.make_url("/ws/stream")).replace("http", "ws", 1)
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--token-interval-ms", type=float, default=25.0,
                         help="time between LLM tokens sent to the server (25 ms = 40 tokens/s)")
+    parser.add_argument("--no-prefill", action="store_true", help="switch off speculative prefill ([engine] prefill)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -154,19 +155,20 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     sentences = (SENTENCES * (args.sentences // len(SENTENCES) + 1))[: args.sentences]
     model_dir = _model_dir(args.model_dir, args.tokens)
-    ours = _summary(asyncio.run(_bench_server(model_dir, sentences, args.token_interval_ms / 1000))[1:])
+    ours = _summary(asyncio.run(_bench_server(model_dir, sentences, args.token_interval_ms / 1000, not args.no_prefill))[1:])
     reference = _summary(_bench_reference(model_dir, sentences)[1:])
     results = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__},
         "tokens_per_sentence": args.tokens,
         "token_interval_ms": args.token_interval_ms,
+        "prefill": not args.no_prefill,
         "server_ws_stream": ours,
         "soprano_infer_stream": reference,
         "ttfa_ratio": reference["ttfa_ms_median"] / ours["ttfa_ms_median"],
     }
     print(f"Soprano-1.1-80M configuration, random weights, {args.tokens} tokens ({args.tokens * 0.064:.2f} s) per sentence, "
           f"{len(sentences) - 1} sentences, {torch.get_num_threads()} torch threads, "
-          f"LLM tokens every {args.token_interval_ms:g} ms")
+          f"LLM tokens every {args.token_interval_ms:g} ms, prefill {'off' if args.no_prefill else 'on'}")
     print(f"{'path':<44} {'TTFA median':>12} {'TTFA min-max':>14} {'RTF median':>11}")
     for name, row in (("server /ws/stream (token → first audio byte)", ours),
                       ("soprano-tts infer_stream (call → 1st chunk)", reference)):

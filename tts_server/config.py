@@ -47,6 +47,7 @@ class EngineSettings(_Section):
     device: str = "auto"
     threads: NonNegInt = 0
     warmup: bool = True
+    prefill: bool = True
 
 
 class SopranoSettings(_Section):

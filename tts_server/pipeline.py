@@ -127,6 +127,9 @@ class UnknownVoice(ValueError):
 #: A prefill is scheduled as if its deadline were this far in the future: it runs when no
 #: stream's listener will run out of audio sooner.
 PREFILL_SLACK_S = 0.25
+#: A prefill starts only after the text has paused this long: tokens arriving in a burst
+#: would complete the sentence while the prefill still runs, delaying it instead.
+PREFILL_PAUSE_S = 0.015
 #: Prefill again once the pending text has grown by this many characters. Each prefill
 #: call reads all the model's weights once, so prefilling every token would cost ~20×
 #: the compute of prefilling a few words at a time (on CPU).
@@ -186,6 +189,7 @@ class Stream:
         self._job: _Job | None = None
         self._stage_epoch = 0
         self._pending_text = ""  # snapshot of the segmenter's buffer, for prefill
+        self._last_push = 0.0
         self._prefill: object | None = None
         self._prefilled_text = ""
         self._play_until = time.monotonic()
@@ -231,6 +235,7 @@ class Stream:
         segments = self._enqueue(self._segmenter.push(token))
         with self._lock:
             self._pending_text = self._segmenter.pending_text
+            self._last_push = time.monotonic()
         if self._pipeline.prefills:
             self._pipeline.wake()
         return segments
@@ -353,7 +358,11 @@ class Stream:
             elif self._work:
                 head = self._work[0].queued_at
             elif self._prefill_due():
-                return time.monotonic() + PREFILL_SLACK_S
+                now = time.monotonic()
+                if now < self._last_push + PREFILL_PAUSE_S:
+                    self._pipeline.recheck_after(self._last_push + PREFILL_PAUSE_S - now)
+                    return None
+                return now + PREFILL_SLACK_S
             else:
                 return None
         return max(self._play_until, head)
@@ -494,6 +503,7 @@ class Pipeline:
         max_pending_chars: unspoken characters a stream may hold (buffered text plus
             segments waiting for synthesis).
         segmenter_factory: makes one segmenter per stream.
+        prefill: let the engine prefill sentences still being received (if it can).
     """
 
     def __init__(
@@ -505,10 +515,12 @@ class Pipeline:
         queue_s: float = 30.0,
         max_pending_chars: int = 50_000,
         segmenter_factory: Callable[[], Segmenter] = Segmenter,
+        prefill: bool = True,
     ) -> None:
         self.engine = engine
-        #: The engine can prefill prompts speculatively (see :meth:`SopranoEngine.prefill`).
-        self.prefills = callable(getattr(engine, "prefill", None))
+        #: Prefill prompts speculatively (the engine can, and it is not switched off).
+        self.prefills = prefill and callable(getattr(engine, "prefill", None))
+        self._recheck_s: float | None = None
         self.voice_factory: VoiceFactory = voice_factory or self._no_voices
         self.max_streams = max_streams
         self.max_queued_samples = int(queue_s * OUTPUT_SAMPLE_RATE)
@@ -582,6 +594,10 @@ class Pipeline:
         with self._cond:
             self._cond.notify_all()
 
+    def recheck_after(self, delay_s: float) -> None:
+        """Called under the condition's lock: wake the thread after ``delay_s`` even if nobody notifies."""
+        self._recheck_s = delay_s if self._recheck_s is None else min(self._recheck_s, delay_s)
+
     def _pick(self) -> Stream | None:
         best: Stream | None = None
         best_key = float("inf")
@@ -600,10 +616,11 @@ class Pipeline:
                     while True:
                         if self._stopping:
                             return
+                        self._recheck_s = None
                         stream = self._pick()
                         if stream is not None:
                             break
-                        self._cond.wait()
+                        self._cond.wait(self._recheck_s)
                 try:
                     stream._step(self.engine)
                 except Exception:  # never let the thread die: other streams depend on it

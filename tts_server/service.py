@@ -50,6 +50,7 @@ def build_pipeline(
         queue_s=config.server.stream_queue_s,
         max_pending_chars=config.server.max_pending_chars,
         segmenter_factory=segmenter_factory(config),
+        prefill=config.engine.prefill,
     )
     pipeline.start()
     return pipeline
