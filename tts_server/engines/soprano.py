@@ -18,8 +18,9 @@ generation loop and the streaming decoder schedule are ours:
   ``2048·T − 6656`` is final, and a window that starts 2.25 tokens before the first
   sample wanted reproduces one-shot decoding. The reference streamer holds back 4
   tokens and re-decodes a fixed window; we emit the first 48 ms after 4 latents
-  instead of 64 ms after 5, then grow chunks (64 → 128 → ``chunk_tokens``·64 ms) so
-  the decoder's fixed cost is amortised once playback has a lead.
+  instead of 64 ms after 5. Later chunks grow with the listener's lead (up to
+  ``chunk_tokens``·64 ms), so the decoder's fixed cost is amortised once playback is
+  safely ahead, and never at the price of a gap on a slow machine.
 * Speculative prefill: while a sentence is still being written, :meth:`SopranoEngine.prefill`
   runs the prompt prefix written so far through the model; when the sentence is complete,
   only the tokens after the longest common prefix are computed (KV-cache reuse), which
@@ -31,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,8 @@ LATENT_DIM = 512
 LOOKAHEAD_SAMPLES = 6656
 #: A decode window must start this many samples before the first sample taken from it.
 LEFT_CONTEXT_SAMPLES = 4608
+#: Share of the listener's lead (audio sent ahead of the clock) one chunk may take to make.
+CHUNK_LEAD_USE = 0.7
 #: Prefill leaves the prompt's last tokens out: the word being written may still change them.
 PREFILL_HOLDBACK_TOKENS = 2
 STOP, TEXT, START = "[STOP]", "[TEXT]", "[START]"
@@ -376,9 +380,14 @@ class SopranoEngine:
     def stream_decode(self, latents: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         """Decode latents as they arrive into chunks whose concatenation equals :meth:`decode`.
 
-        Each chunk is taken from a decode window reaching 2.25 tokens left of it; a chunk
-        is emitted as soon as it is final (first chunk: 1536 samples after 4 latents),
-        then chunks grow to ``chunk_tokens`` × 2048 samples.
+        Each chunk is taken from a decode window reaching 2.25 tokens left of it. The
+        first chunk is emitted as soon as anything is final (1536 samples after 4
+        latents). After that the chunk size follows the listener's lead: a chunk may be
+        as long as the audio already sent ahead of the clock, divided by the measured
+        real-time factor (so the next chunk is ready before the listener runs dry),
+        between one token (2048 samples) and ``chunk_tokens`` tokens. Fast machines thus
+        reach the largest chunks at once (least decoder overhead); slow ones keep small
+        chunks while their lead is small.
 
         Yields:
             ``(N,)`` float32 CPU tensors at 32 kHz.
@@ -386,17 +395,26 @@ class SopranoEngine:
         window: list[torch.Tensor] = []
         window_start = 0  # token index of window[0]
         emitted = 0  # samples already yielded
-        target = 1
         count = 0
+        started = time.perf_counter()
+        first_at: float | None = None
         for latent in latents:
             window.append(latent)
             count += 1
             final = count * TOKEN_SAMPLES - LOOKAHEAD_SAMPLES
-            if final - emitted >= target:
-                chunk, window, window_start = self._decode_range(window, window_start, emitted, final)
-                emitted = final
-                yield chunk
-                target = min(self.chunk_samples, max(TOKEN_SAMPLES, 2 * target))
+            if final <= emitted:
+                continue
+            if first_at is not None:
+                now = time.perf_counter()
+                lead_s = emitted / SAMPLE_RATE - (now - first_at)
+                rtf = (now - started) / (count * TOKEN_SAMPLES / SAMPLE_RATE)
+                target = min(self.chunk_samples, max(TOKEN_SAMPLES, int(CHUNK_LEAD_USE * lead_s / rtf * SAMPLE_RATE)))
+                if final - emitted < target:
+                    continue
+            chunk, window, window_start = self._decode_range(window, window_start, emitted, final)
+            emitted = final
+            first_at = first_at or time.perf_counter()
+            yield chunk
         end = (count - 1) * TOKEN_SAMPLES
         if count >= 2 and end > emitted:
             chunk, _, _ = self._decode_range(window, window_start, emitted, end)
