@@ -8,10 +8,14 @@ still to be synthesized, the last of it is ready ``R · rtf`` seconds later and 
 
     B ≥ (rtf − 1) · R + rtf · c
 
-where ``c`` is the longest audio chunk the pipeline delivers at once (audio arrives in
-chunks, so a chunk must be complete before its first sample is due). With ``rtf < 1``
-the first chunk is (almost always) enough and playback starts at once; with ``rtf > 1``
-(e.g. RVC on a CPU) the start is delayed by just the amount the formula asks for.
+where ``c`` is the next audio chunk the pipeline delivers (audio arrives in chunks, so a
+chunk must be complete before its first sample is due). With ``rtf < 1``, ``c`` is taken
+as twice the longest chunk of the reply so far (and never more than the longest seen
+for the voice): chunks of a reply at most double from one to the next (Soprano's grow
+with the lead playback already has; RVC blocks keep one size), so a fast pipeline
+starts after its first chunk or two instead of waiting for its largest chunk. With
+``rtf > 1`` (e.g. RVC on a CPU) the longest chunk seen for the voice is used and the
+start is delayed by just the amount the formula asks for.
 
 ``R`` is estimated from the text not yet synthesized and the measured seconds of audio
 per character; ``rtf`` from the segments synthesized so far (an exponential moving
@@ -108,12 +112,14 @@ class StartGate:
         self.received_s = 0.0
         self.first_audio_at: float | None = None
         self.first_chunk_s = 0.0
+        self.largest_chunk_s = 0.0
 
     def on_audio(self, samples: int, now: float, sample_rate: int = 48_000) -> None:
         """Note ``samples`` of audio received at ``now``."""
         if self.first_audio_at is None:
             self.first_audio_at = now
             self.first_chunk_s = samples / sample_rate
+        self.largest_chunk_s = max(self.largest_chunk_s, samples / sample_rate)
         self.received_s += samples / sample_rate
 
     def rtf(self, now: float) -> float:
@@ -138,4 +144,8 @@ class StartGate:
         if buffered_s <= 0:
             return False
         remaining_s = max(0.0, remaining_chars * self.estimate.seconds_per_char - in_progress_s)
-        return buffered_s >= required_buffer_s(self.rtf(now), remaining_s, self.estimate.chunk_s)
+        rtf = self.rtf(now)
+        chunk_s = self.estimate.chunk_s
+        if rtf * SAFETY < 1.0 and self.largest_chunk_s:  # see the module docstring
+            chunk_s = min(chunk_s, 2.0 * self.largest_chunk_s)
+        return buffered_s >= required_buffer_s(rtf, remaining_s, chunk_s)

@@ -54,6 +54,16 @@ def test_the_gate_start_never_stalls_and_waits_only_when_needed(rtf):
         assert delay < 0.15  # a fast pipeline starts (almost) at once
 
 
+@pytest.mark.parametrize("rtf", [0.3, 0.5])
+def test_a_fast_pipeline_starts_after_its_first_chunk_or_two(rtf):
+    """Not after its largest chunk: growing chunks at most double, so the next one is
+    ready in time once the buffer holds rtf × twice the largest so far."""
+    chunks = ([0.048, 0.064, 0.128] + [0.256] * 6) * 2
+    delay, stall = _simulate(rtf, chunks, use_gate=True, chars=120)
+    assert stall == pytest.approx(0.0, abs=1e-9)
+    assert delay <= rtf * 0.064 + 1e-9
+
+
 def test_without_the_gate_a_slow_pipeline_stalls():
     chunks = [0.048, 0.064, 0.128] + [0.256] * 20
     _, stall = _simulate(1.5, chunks, use_gate=False, chars=150)
