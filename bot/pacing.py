@@ -13,7 +13,8 @@ chunk must be complete before its first sample is due). With ``rtf < 1``, ``c`` 
 as twice the longest chunk of the reply so far (and never more than the longest seen
 for the voice): chunks of a reply at most double from one to the next (Soprano's grow
 with the lead playback already has; RVC blocks keep one size), so a fast pipeline
-starts after its first chunk or two instead of waiting for its largest chunk. With
+starts after its first chunk or two instead of waiting for its largest chunk (but never
+with less than :data:`JITTER_S` buffered, against scheduling jitter). With
 ``rtf > 1`` (e.g. RVC on a CPU) the longest chunk seen for the voice is used and the
 start is delayed by just the amount the formula asks for.
 
@@ -40,6 +41,9 @@ DEFAULT_SECONDS_PER_CHAR = 0.075
 SAFETY = 1.1
 #: Audio needed before the reply's own wall-clock rate is trusted.
 MIN_OBSERVED_S = 0.2
+#: Least audio buffered before a reply starts, whatever the rtf: absorbs scheduling
+#: jitter (garbage collection, the GIL, a busy CPU) between two chunks. Three 20 ms frames.
+JITTER_S = 0.06
 
 
 def required_buffer_s(rtf: float, remaining_s: float, chunk_s: float, safety: float = SAFETY) -> float:
@@ -148,4 +152,4 @@ class StartGate:
         chunk_s = self.estimate.chunk_s
         if rtf * SAFETY < 1.0 and self.largest_chunk_s:  # see the module docstring
             chunk_s = min(chunk_s, 2.0 * self.largest_chunk_s)
-        return buffered_s >= required_buffer_s(rtf, remaining_s, chunk_s)
+        return buffered_s >= max(JITTER_S, required_buffer_s(rtf, remaining_s, chunk_s))
