@@ -161,9 +161,7 @@ class Stream:
     stages under ``_lock`` only.
     """
 
-    def __init__(
-        self, pipeline: Pipeline, stream_id: int, loop: asyncio.AbstractEventLoop, voice: VoiceStage, voice_name: str | None
-    ) -> None:
+    def __init__(self, pipeline: Pipeline, stream_id: int, loop: asyncio.AbstractEventLoop, voice: VoiceStage) -> None:
         self.id = stream_id
         self._pipeline = pipeline
         self._loop = loop
@@ -182,7 +180,7 @@ class Stream:
         self._queued_chars = 0  # text of the segments in _work
         self._closed = False
         # Inference-thread state.
-        self.voice_name = voice_name
+        self.voice_name: str | None = None
         self.voice = voice
         self.resampler = StreamResampler(voice.output_sample_rate, OUTPUT_SAMPLE_RATE)
         self._next_voice: str | None | bool = False  # False: no change pending
@@ -462,11 +460,15 @@ class Stream:
             log.warning("stream %d: voice %r refused: %s", self.id, name, exc)
             self._post(epoch, StreamError(f"voice {name!r} refused: {exc}"))
             return
-        held = self.voice.flush()
-        pcm = self.resampler.process(held) if held.size else np.zeros(0, dtype=np.float32)
-        self._post_audio(epoch, np.concatenate([pcm, self.resampler.flush()]), -1)
+        self._drain_stages(epoch, -1)
         self.voice = stage
         self.resampler = StreamResampler(stage.output_sample_rate, OUTPUT_SAMPLE_RATE)
+
+    def _drain_stages(self, epoch: int, segment: int) -> int:
+        """Flush what the voice stage and the resampler hold and post it; returns the samples posted."""
+        held = self.voice.flush()
+        pcm = self.resampler.process(held) if held.size else np.zeros(0, dtype=np.float32)
+        return self._post_audio(epoch, np.concatenate([pcm, self.resampler.flush()]), segment)
 
     def _abandon(self) -> None:
         """Drop the segment in progress, the prefill and everything the stages hold."""
@@ -482,9 +484,7 @@ class Stream:
         with self._lock:
             more = any(isinstance(item, Segment) for item in self._work)
         if not more:  # out of text for now: push out what the stages still hold
-            held = self.voice.flush()
-            pcm = self.resampler.process(held) if held.size else np.zeros(0, dtype=np.float32)
-            job.samples += self._post_audio(epoch, np.concatenate([pcm, self.resampler.flush()]), job.segment.index)
+            job.samples += self._drain_stages(epoch, job.segment.index)
         ttfa = None if job.first_audio is None else (job.first_audio - job.segment.queued_at) * 1000
         self._post(epoch, SegmentDone(job.segment.index, job.segment.text, job.samples, ttfa, job.synth_s * 1000))
 
@@ -582,7 +582,7 @@ class Pipeline:
         if active >= self.max_streams:
             raise PipelineBusy(f"server busy: {active} of {self.max_streams} streams in use")
         self.check_voice(voice)
-        stream = Stream(self, next(self._ids), loop or asyncio.get_running_loop(), self.voice_factory(None), None)
+        stream = Stream(self, next(self._ids), loop or asyncio.get_running_loop(), self.voice_factory(None))
         if voice is not None:
             stream.set_voice(voice)
         with self._cond:
