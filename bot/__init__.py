@@ -13,7 +13,7 @@ The way through, one module per stage::
     history.py    short conversation history per channel
     app.py        assembles and runs it all (``voice-bot`` → :func:`bot.__main__.main`)
 
-:mod:`bot.offline` (Discord's voice network replaced by a recorder) and
-:mod:`bot.local_llm` (a scripted OpenAI-compatible server) serve the tests and
-:mod:`bot.bench`.
+The bot reaches the TTS pipeline only through the :mod:`tts_server` package's public
+face. Offline Discord stand-ins and a scripted LLM server for the tests and the
+benchmark live outside the product, in ``testing/``.
 """

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from tts_server.config import ConfigError
+    from tts_server import ConfigError
 
     from .config import load_settings
     from .opus import OpusMissing, load_opus
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import discord
 
-    from tts_server.engines import EngineLoadError
+    from tts_server import EngineLoadError
 
     from .app import run
 

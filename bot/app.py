@@ -17,7 +17,7 @@ import discord
 from aiohttp import web
 from discord.ext import commands
 
-from tts_server.pipeline import Pipeline
+from tts_server import Pipeline, build_pipeline, create_app
 
 from .cog import VoiceCog
 from .config import BotConfig, Settings
@@ -78,8 +78,6 @@ class VoiceBot(commands.Bot):
 
 def debug_app(settings: Settings, pipeline: Pipeline) -> web.Application:
     """The pipeline's ``/ws/stream``, ``/api/speak``, ``/health`` and ``/voices`` over the bot's own pipeline."""
-    from tts_server.app import create_app
-
     return create_app(settings.pipeline, pipeline=pipeline)
 
 
@@ -92,8 +90,6 @@ async def build_tts(settings: Settings) -> TTSBackend:
     tts = settings.bot.tts
     if tts.mode == "remote":
         return RemoteTTS(tts.url, tts.connect_timeout_s, tts.reconnect_max_s)
-    from tts_server.service import build_pipeline
-
     pipeline = await asyncio.to_thread(build_pipeline, settings.pipeline)
     return EmbeddedTTS(pipeline)
 

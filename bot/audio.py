@@ -31,12 +31,18 @@ from dataclasses import dataclass
 import discord
 import numpy as np
 
+from tts_server import OUTPUT_SAMPLE_RATE
+
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 48_000
-CHANNELS = 2
-FRAME_SAMPLES = 960  # 20 ms at 48 kHz
-FRAME_BYTES = FRAME_SAMPLES * CHANNELS * 2
+#: Discord voice runs at 48 kHz; the pipeline's output rate is the same, so audio goes
+#: through untouched (checked here rather than assumed).
+SAMPLE_RATE = discord.opus.Encoder.SAMPLING_RATE
+if SAMPLE_RATE != OUTPUT_SAMPLE_RATE:  # pragma: no cover - a discord.py or pipeline change
+    raise ImportError(f"Discord voice runs at {SAMPLE_RATE} Hz but the pipeline emits {OUTPUT_SAMPLE_RATE} Hz")
+CHANNELS = discord.opus.Encoder.CHANNELS
+FRAME_SAMPLES = discord.opus.Encoder.SAMPLES_PER_FRAME  # 20 ms
+FRAME_BYTES = discord.opus.Encoder.FRAME_SIZE  # s16 stereo
 SILENCE = bytes(FRAME_BYTES)
 
 
@@ -94,7 +100,6 @@ class BufferSource(discord.AudioSource):
         self._buffered = 0  # bytes
         self._reply: ReplyPlayback | None = None
         self._closed = False
-        self.frames_read = 0
 
     # -- writer side (event loop) ----------------------------------------------------------
 
@@ -208,7 +213,6 @@ class BufferSource(discord.AudioSource):
         with self._lock:
             if self._closed:
                 return b""
-            self.frames_read += 1
             reply = self._reply
             if reply is None or reply.done or reply.held:
                 return SILENCE

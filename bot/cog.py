@@ -16,6 +16,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from tts_server import PITCH_SHIFT_LIMIT
+
 from .errors import BotError, NotInVoice
 from .session import Job, SessionManager
 
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 #: Names that select the default voice in the ``voice`` command.
 DEFAULT_VOICE_NAMES = ("default", "none", "off", "reset")
 MAX_PROMPT_CHARS = 4000
+#: The ``pitch`` command's argument: semitones within the pipeline's range.
+Semitones = commands.Range[float, -PITCH_SHIFT_LIMIT, PITCH_SHIFT_LIMIT]
 
 
 def _unwrap(error: BaseException) -> BaseException:
@@ -152,8 +156,10 @@ class VoiceCog(commands.Cog, name="Voice"):
 
     @commands.hybrid_command()
     @commands.guild_only()
-    @app_commands.describe(semitones="Pitch shift from -24 to 24 semitones; empty to show the current one")
-    async def pitch(self, ctx: commands.Context[Any], semitones: commands.Range[float, -24.0, 24.0] = None) -> None:  # type: ignore[assignment]
+    @app_commands.describe(
+        semitones=f"Pitch shift from -{PITCH_SHIFT_LIMIT:g} to {PITCH_SHIFT_LIMIT:g} semitones; empty to show the current one"
+    )
+    async def pitch(self, ctx: commands.Context[Any], semitones: Semitones | None = None) -> None:
         """Show or set this server's pitch shift, in semitones."""
         assert ctx.guild is not None
         session = self.sessions.get(ctx.guild.id)

@@ -1,26 +1,23 @@
-"""The bot's typed settings: ``[bot]``, ``[llm]`` and ``[tts]`` of ``config.toml``.
+"""The bot's typed settings: its sections of ``config.toml`` (:class:`BotConfig`).
 
-The same file holds the TTS pipeline's sections (``[server]``, ``[engine]``, ``[soprano]``,
-``[rvc]``, ...); those are loaded by :func:`tts_server.config.load_config`, which leaves
-these three sections to the bot. Unknown keys in the bot's sections are errors, so a
-typo does not silently fall back to a default. Secrets never live in the file: the
-Discord token comes from ``DISCORD_TOKEN`` and the LLM API key from the variable named
-by ``[llm] api_key_env``.
+The same file holds the TTS pipeline's sections; one loader
+(:class:`tts_server.ConfigFile`) reads it, and each package validates its own sections
+with its own schema (this one is declared as the ``bot`` entry point of the
+``llm_voice.config`` group in ``pyproject.toml``). Unknown keys in the bot's sections
+are errors, so a typo does not silently fall back to a default. Secrets never live in
+the file: the Discord token comes from ``DISCORD_TOKEN`` and the LLM API key from the
+variable named by ``[llm] api_key_env``.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from tts_server.config import Config, ConfigError, load_config
-
-#: Sections this module validates; every other section belongs to the TTS pipeline.
-BOT_SECTIONS = ("bot", "llm", "tts")
+from tts_server import PITCH_SHIFT_LIMIT, Config, ConfigError, ConfigFile
 
 PosFloat = Annotated[float, msgspec.Meta(gt=0)]
 PosInt = Annotated[int, msgspec.Meta(gt=0)]
@@ -74,7 +71,7 @@ class TTSSettings(_Section):
     url: str = "ws://127.0.0.1:8765/ws/stream"
     serve_http: bool = False
     voice: str = ""
-    pitch_shift: Annotated[float, msgspec.Meta(ge=-24, le=24)] = 0.0
+    pitch_shift: Annotated[float, msgspec.Meta(ge=-PITCH_SHIFT_LIMIT, le=PITCH_SHIFT_LIMIT)] = 0.0
     connect_timeout_s: PosFloat = 5.0
     reconnect_max_s: Annotated[float, msgspec.Meta(ge=0.1)] = 30.0
 
@@ -108,26 +105,12 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, dict[str,
             values are ignored. Sections of the bot and of the pipeline may both appear.
 
     Raises:
-        ConfigError: unreadable TOML, an unknown key in any section, or a value of the
+        ConfigError: unreadable TOML, an unknown section or key, or a value of the
             wrong type or out of range; the message names the file and the setting.
     """
-    overrides = overrides or {}
-    pipeline = load_config(path, {k: v for k, v in overrides.items() if k not in BOT_SECTIONS})
-    data: dict[str, Any] = {}
-    where = str(path) if path else "defaults"
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:  # load_config reported it first
-            raise ConfigError(f"{path}: {exc}") from None
-    own: dict[str, Any] = {k: data[k] for k in BOT_SECTIONS if k in data}
-    for section, values in overrides.items():
-        if section in BOT_SECTIONS and isinstance(own.setdefault(section, {}), dict):
-            own[section] = {**own[section], **{k: v for k, v in values.items() if v is not None}}
-    try:
-        bot = msgspec.convert(own, BotConfig)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    file = ConfigFile.read(path)
+    pipeline = file.load(Config, overrides)
+    bot = file.load(BotConfig, overrides)
     if bot.tts.mode == "remote" and not bot.tts.url.startswith(("ws://", "wss://")):
-        raise ConfigError(f"{where}: [tts] url must be a ws:// or wss:// URL of /ws/stream, got {bot.tts.url!r}")
+        raise ConfigError(f"{file.where}: [tts] url must be a ws:// or wss:// URL of /ws/stream, got {bot.tts.url!r}")
     return Settings(bot=bot, pipeline=pipeline)

@@ -33,6 +33,8 @@ import logging
 import math
 from dataclasses import dataclass, field
 
+from tts_server import OUTPUT_SAMPLE_RATE
+
 log = logging.getLogger(__name__)
 
 #: Typical English speech: about 13 characters per second.
@@ -79,7 +81,7 @@ class RateEstimate:
     segments: int = 0
     alpha: float = field(default=0.3, repr=False)
 
-    def observe_segment(self, text: str, audio_samples: int, synth_ms: float, sample_rate: int = 48_000) -> None:
+    def observe_segment(self, text: str, audio_samples: int, synth_ms: float, sample_rate: int = OUTPUT_SAMPLE_RATE) -> None:
         """Fold in one synthesized segment (a ``SegmentDone`` event)."""
         audio_s = audio_samples / sample_rate
         if audio_s <= 0:
@@ -96,7 +98,7 @@ class RateEstimate:
             self.seconds_per_char += self.alpha * (spc - self.seconds_per_char)
         self.segments += 1
 
-    def observe_chunk(self, samples: int, sample_rate: int = 48_000) -> None:
+    def observe_chunk(self, samples: int, sample_rate: int = OUTPUT_SAMPLE_RATE) -> None:
         """Note the size of one delivered audio chunk."""
         self.chunk_s = max(self.chunk_s, samples / sample_rate)
 
@@ -118,7 +120,7 @@ class StartGate:
         self.first_chunk_s = 0.0
         self.largest_chunk_s = 0.0
 
-    def on_audio(self, samples: int, now: float, sample_rate: int = 48_000) -> None:
+    def on_audio(self, samples: int, now: float, sample_rate: int = OUTPUT_SAMPLE_RATE) -> None:
         """Note ``samples`` of audio received at ``now``."""
         if self.first_audio_at is None:
             self.first_audio_at = now

@@ -23,10 +23,13 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import discord
+
+from tts_server import text_pieces
 
 from .audio import BufferSource
 from .config import BotConfig
@@ -40,8 +43,8 @@ from .errors import (
 from .history import INTERRUPTED_MARK, ConversationHistory, Turn
 from .live_text import LiveText, Send
 from .llm import LLMClient
-from .pacing import RateEstimate
-from .speech import Reply, iterate, text_pieces
+from .pacing import RateEstimate, StartGate
+from .speech import Reply, iterate
 from .tts import TTSBackend, measure
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,9 @@ class Services:
         history: conversation history per text channel.
         estimates: rate estimates per voice name (``None``: the default voice), seeded
             from ``default_estimate`` (the start-up measurement).
+        start_gate: makes the gate that decides when a reply starts playing
+            (``gate(estimate, clock_start)``); :class:`~bot.pacing.StartGate` plans a start
+            that never stalls.
     """
 
     config: BotConfig
@@ -69,6 +75,7 @@ class Services:
     history: ConversationHistory
     default_estimate: RateEstimate = field(default_factory=RateEstimate)
     estimates: dict[str | None, RateEstimate] = field(default_factory=dict)
+    start_gate: Callable[[RateEstimate, float], StartGate] = StartGate
     _measuring: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
     def estimate(self, voice: str | None) -> RateEstimate:
@@ -413,6 +420,7 @@ class GuildSession:
                 pitch_shift=self.pitch_shift,
                 on_text=live.update if live is not None else None,
                 check_playback=self.check_playback,
+                start_gate=services.start_gate,
             )
             job.reply = reply
             if job.kind == "speak":
@@ -444,6 +452,8 @@ class GuildSession:
             if error is not None:
                 message = str(error) if isinstance(error, BotError) else "something went wrong on my side (see the bot's log)."
                 await job.send(f"⚠️ {message}")
+            if reply is not None and reply.tts_errors:
+                await job.send(f"⚠️ {_skipped_message(reply.tts_errors)}")
         except discord.DiscordException as exc:
             log.warning("guild %s: cannot post in channel %s: %s", self.guild_id, job.channel_id, exc)
         if job.kind == "speak" and reply is not None and (reply.text or job.outcome == "interrupted"):
@@ -460,6 +470,12 @@ class GuildSession:
                 self.guild_id, job.kind, job.outcome, reply.audio_s,
                 "n/a" if reply.start_delay_s is None else f"{reply.start_delay_s:.2f} s", reply.underrun_frames,
             )
+
+
+def _skipped_message(errors: list[str]) -> str:
+    """What the channel is told when the TTS skipped part of a reply (``errors``: the messages)."""
+    parts = "1 part" if len(errors) == 1 else f"{len(errors)} parts"
+    return f"{parts} of the reply could not be spoken ({errors[0]})."
 
 
 class SessionManager:

@@ -19,11 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import AsyncIterable, Callable
 
-from tts_server.pipeline import Audio, Flushed, SegmentDone, StreamError
+from tts_server import Audio, Flushed, SegmentDone, StreamError
 
 from .audio import SAMPLE_RATE, BufferSource, ReplyPlayback
 from .errors import LLMError
@@ -34,11 +33,6 @@ log = logging.getLogger(__name__)
 
 #: How often the end of playback (and the player's health) is checked.
 PLAYBACK_POLL_S = 0.02
-
-
-def text_pieces(text: str) -> list[str]:
-    """Split text as an LLM streams it: words with their leading space, punctuation apart."""
-    return re.findall(r"\s*[\w'’]+|\s*[^\w\s]|\s+", text)
 
 
 async def iterate(pieces: list[str]) -> AsyncIterable[str]:
@@ -58,6 +52,8 @@ class Reply:
         on_text: called with the whole text so far whenever it grows.
         check_playback: raises (e.g. :class:`~bot.errors.VoiceConnectionLost`) when the
             audio can no longer be played; polled while waiting for playback to end.
+        start_gate: makes the reply's :class:`~bot.pacing.StartGate` from the estimate and
+            the reply's start time.
     """
 
     def __init__(
@@ -68,6 +64,7 @@ class Reply:
         pitch_shift: float = 0.0,
         on_text: Callable[[str], None] | None = None,
         check_playback: Callable[[], None] | None = None,
+        start_gate: Callable[[RateEstimate, float], StartGate] = StartGate,
     ) -> None:
         self.tts = tts
         self.source = source
@@ -75,9 +72,10 @@ class Reply:
         self.pitch_shift = pitch_shift
         self.on_text = on_text
         self.check_playback = check_playback
+        self.start_gate = start_gate
         self.text = ""
-        self.text_complete = False
         self.llm_error: LLMError | None = None
+        #: Messages of segments the TTS failed to speak (skipped; the channel is told).
         self.tts_errors: list[str] = []
         self.playback: ReplyPlayback | None = None
         self.pushed_chars = 0
@@ -101,7 +99,7 @@ class Reply:
         """
         self.started_at = time.perf_counter()
         self.playback = self.source.begin_reply(hold=True)
-        self._gate = StartGate(self.estimate, self.started_at)
+        self._gate = self.start_gate(self.estimate, self.started_at)
         feeder = asyncio.create_task(self._feed(pieces), name="reply-feeder")
         consumer = asyncio.create_task(self._consume(), name="reply-consumer")
         try:
@@ -144,7 +142,6 @@ class Reply:
                     self.on_text(self.text)
         except LLMError as exc:  # speak what was written, report the failure afterwards
             self.llm_error = exc
-        self.text_complete = True
         self._flush_id = await self.tts.flush()
 
     async def _consume(self) -> None:

@@ -1,16 +1,16 @@
 """TTS backends: the pipeline embedded in the bot's process, or a remote ``tts-server``.
 
 Both give the bot the same :class:`TTSStream` per reply: tokens in as the LLM writes
-them, and the pipeline's events out (:class:`~tts_server.pipeline.Audio` with ``(N,)``
-float32 mono 48 kHz PCM, :class:`~tts_server.pipeline.SegmentDone`,
-:class:`~tts_server.pipeline.Flushed`, :class:`~tts_server.pipeline.StreamError`).
+them, and the pipeline's events out (:class:`tts_server.Audio` with ``(N,)``
+float32 mono 48 kHz PCM, :class:`tts_server.SegmentDone`, :class:`tts_server.Flushed`,
+:class:`tts_server.StreamError`).
 
-* :class:`EmbeddedTTS` wraps a :class:`~tts_server.pipeline.Pipeline` (inference on
-  the pipeline's own thread) and opens one pipeline stream per reply.
-* :class:`RemoteTTS` keeps one WebSocket per server (Discord guild) to ``/ws/stream``
-  (protocol in :mod:`tts_server.protocol`, with events, cancel and voice); a dropped or
-  refused connection is re-established in the background with exponential backoff,
-  and a reply that needs it meanwhile fails fast with a message saying so.
+* :class:`EmbeddedTTS` wraps a :class:`tts_server.Pipeline` (inference on the
+  pipeline's own thread) and opens one pipeline stream per reply.
+* :class:`RemoteTTS` keeps one :class:`tts_server.StreamClient` per server (Discord
+  guild) to ``/ws/stream`` (with events, cancel and voice); a dropped or refused
+  connection is re-established in the background with exponential backoff, and a
+  reply that needs it meanwhile fails fast with a message saying so.
 
 Voices are plain names handed to the pipeline (``open_stream(voice=...)``, or
 ``{"voice": name}`` on the socket).
@@ -20,25 +20,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Hashable
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
-import numpy as np
 from yarl import URL
 
-from tts_server.pipeline import (
+from tts_server import (
     Audio,
+    Cancelled,
+    ConnectionClosed,
     Event,
     Flushed,
     PendingTextFull,
     Pipeline,
     PipelineBusy,
+    ProtocolError,
     SegmentDone,
     Stream,
+    StreamClient,
     StreamError,
     UnknownVoice,
 )
@@ -47,8 +49,6 @@ from .errors import TTSError, TTSUnavailable, UnknownVoiceError
 from .pacing import RateEstimate
 
 log = logging.getLogger(__name__)
-
-OUTPUT_SAMPLE_RATE = 48_000
 #: Events buffered per remote connection before its reader stops reading the socket
 #: (the server then pauses synthesis for it: backpressure, nothing is dropped).
 REMOTE_EVENT_QUEUE = 256
@@ -113,7 +113,7 @@ class TTSBackend(Protocol):
 
 
 class EmbeddedStream:
-    """A :class:`TTSStream` over a pipeline :class:`~tts_server.pipeline.Stream`."""
+    """A :class:`TTSStream` over a pipeline :class:`tts_server.Stream`."""
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
@@ -146,7 +146,7 @@ class EmbeddedTTS:
     """The TTS pipeline running in the bot's process.
 
     Args:
-        pipeline: a started pipeline (:func:`tts_server.service.build_pipeline`).
+        pipeline: a started pipeline (:func:`tts_server.build_pipeline`).
     """
 
     def __init__(self, pipeline: Pipeline) -> None:
@@ -170,7 +170,7 @@ class EmbeddedTTS:
         reply does not load it on the inference thread, which all servers share)."""
         try:
             self.pipeline.check_voice(voice)
-            await asyncio.to_thread(self.pipeline.voice_factory, voice)
+            await asyncio.to_thread(self.pipeline.preload_voice, voice)
         except UnknownVoice as exc:
             raise UnknownVoiceError(str(exc)) from None
 
@@ -193,30 +193,8 @@ class _Lost:
         self.reason = reason
 
 
-def _event_from_json(data: dict[str, Any]) -> Event | None:
-    """Map a server text frame to a pipeline event (``None`` for frames the bot ignores)."""
-    if "error" in data:
-        return StreamError(str(data["error"]), None)
-    kind = data.get("type")
-    if kind == "segment":
-        return SegmentDone(
-            index=int(data["index"]),
-            text=str(data["text"]),
-            audio_samples=round(float(data["audio_ms"]) * OUTPUT_SAMPLE_RATE / 1000),
-            ttfa_ms=data.get("ttfa_ms"),
-            synth_ms=float(data["synth_ms"]),
-        )
-    if kind == "flushed":
-        return Flushed(
-            flush_id=int(data["flush_id"]),
-            segments=tuple(data.get("segments", ())),
-            audio_samples=round(float(data["audio_ms"]) * OUTPUT_SAMPLE_RATE / 1000),
-        )
-    return None
-
-
 class RemoteConnection:
-    """One server's WebSocket to ``/ws/stream``, re-established with backoff when it drops.
+    """One server's :class:`tts_server.StreamClient`, re-established with backoff when it drops.
 
     Args:
         session: the HTTP client session.
@@ -233,12 +211,11 @@ class RemoteConnection:
         self.next_attempt_at = time.monotonic()
         self.generation = 0  # incremented at every successful connection
         self._session = session
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._client: StreamClient | None = None
         self._connected = asyncio.Event()
         self._events: asyncio.Queue[tuple[int, Event] | _Lost] = asyncio.Queue(maxsize=REMOTE_EVENT_QUEUE)
         self._epoch = 0  # incremented by cancel(): queued events of older epochs are stale
         self._unacked_cancels = 0  # events received before the server's "cancelled" are stale
-        self._flushes = 0
         self.voice: str | None = None  # the voice the server speaks in on this connection
         self._closed = False
         self._task = asyncio.create_task(self._run(), name=f"tts-remote-{name}")
@@ -264,31 +241,28 @@ class RemoteConnection:
             ) from None
         return self.generation
 
-    async def send(self, generation: int, message: dict[str, Any]) -> None:
-        """Send one JSON message on connection ``generation``.
+    def client(self, generation: int) -> StreamClient:
+        """The client of connection ``generation``.
 
         Raises:
             TTSUnavailable: that connection is gone.
         """
-        ws = self._ws
-        if ws is None or ws.closed or generation != self.generation:
+        client = self._client
+        if client is None or client.closed or generation != self.generation:
             raise TTSUnavailable(f"lost the connection to the TTS server at {self.url} ({self.last_error})")
-        try:
-            await ws.send_str(json.dumps(message))
-        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
-            raise TTSUnavailable(f"lost the connection to the TTS server at {self.url} ({exc})") from None
+        return client
 
-    async def flush(self, generation: int) -> int:
-        """Send a flush; returns the id the server gives its ``flushed`` event."""
-        self._flushes += 1
-        flush_id = self._flushes
-        await self.send(generation, {"flush": True})
-        return flush_id
+    def lost(self, exc: ConnectionClosed) -> TTSUnavailable:
+        """The error a reply gets when sending on a connection failed."""
+        return TTSUnavailable(f"lost the connection to the TTS server at {self.url} ({exc.reason})")
 
     async def set_voice(self, generation: int, voice: str | None) -> None:
         """Speak the following text in ``voice`` (``None``: the server's default)."""
         if voice != self.voice:
-            await self.send(generation, {"voice": voice})
+            try:
+                await self.client(generation).set_voice(voice)
+            except ConnectionClosed as exc:
+                raise self.lost(exc) from None
             self.voice = voice
 
     async def cancel(self, generation: int) -> None:
@@ -298,8 +272,8 @@ class RemoteConnection:
             self._events.get_nowait()
         if generation == self.generation and self.connected:
             self._unacked_cancels += 1
-            with contextlib.suppress(TTSUnavailable):
-                await self.send(generation, {"cancel": True})
+            with contextlib.suppress(TTSUnavailable, ConnectionClosed):
+                await self.client(generation).cancel()
 
     async def get(self, generation: int) -> Event:
         """The next event of connection ``generation``.
@@ -325,15 +299,14 @@ class RemoteConnection:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        if self._ws is not None:
-            await self._ws.close()
+        if self._client is not None:
+            await self._client.close()
 
     async def _run(self) -> None:
         delay = RECONNECT_INITIAL_S
         while not self._closed:
             try:
-                ws = await self._session.ws_connect(self.url, max_msg_size=0, heartbeat=30.0)
-                await ws.send_str(json.dumps({"events": True}))
+                client = await StreamClient.connect(self.url, session=self._session, events=True)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 self.next_attempt_at = time.monotonic() + delay
@@ -344,8 +317,7 @@ class RemoteConnection:
                 continue
             while not self._events.empty():  # left over from the previous connection
                 self._events.get_nowait()
-            self._ws = ws
-            self._flushes = 0
+            self._client = client
             self.voice = None
             self._unacked_cancels = 0
             self.generation += 1
@@ -353,11 +325,11 @@ class RemoteConnection:
             log.info("%s: connected to the TTS server at %s", self.name, self.url)
             opened = time.monotonic()
             try:
-                reason = await self._read(ws)
+                reason = await self._read(client)
             finally:
                 self._connected.clear()
-                self._ws = None
-                await ws.close()
+                self._client = None
+                await client.close()
             self.last_error = reason
             while not self._events.empty():
                 self._events.get_nowait()
@@ -371,30 +343,21 @@ class RemoteConnection:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.reconnect_max_s)
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> str:
-        """Read frames into the event queue until the socket closes; returns why it closed."""
-        try:
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.BINARY:
-                    if not self._unacked_cancels:
-                        pcm = np.frombuffer(msg.data, dtype="<f4").astype(np.float32)
-                        await self._events.put((self._epoch, Audio(pcm, -1)))
-                elif msg.type == aiohttp.WSMsgType.TEXT:
-                    data = json.loads(msg.data)
-                    if data.get("type") == "cancelled":
-                        self._unacked_cancels = max(0, self._unacked_cancels - 1)
-                        continue
-                    event = _event_from_json(data)
-                    if event is not None and not self._unacked_cancels:
-                        await self._events.put((self._epoch, event))
-                else:
-                    break
-        except (aiohttp.ClientError, ConnectionError, ValueError) as exc:
-            return f"{type(exc).__name__}: {exc}"
-        code = ws.close_code
-        if code == aiohttp.WSCloseCode.TRY_AGAIN_LATER:
-            return "the server is busy: all its streams are in use"
-        return f"the server closed the connection (code {code})"
+    async def _read(self, client: StreamClient) -> str:
+        """Read events into the queue until the connection closes; returns why it closed."""
+        while True:
+            try:
+                event = await client.receive()
+            except ConnectionClosed as exc:
+                if exc.code == aiohttp.WSCloseCode.TRY_AGAIN_LATER:
+                    return "the server is busy: all its streams are in use"
+                return exc.reason
+            except ProtocolError as exc:
+                return f"ProtocolError: {exc}"
+            if isinstance(event, Cancelled):
+                self._unacked_cancels = max(0, self._unacked_cancels - 1)
+            elif not self._unacked_cancels:
+                await self._events.put((self._epoch, event))
 
 
 class RemoteStream:
@@ -406,14 +369,17 @@ class RemoteStream:
 
     async def push(self, token: str, pitch_shift: float | None = None) -> None:
         """Send ``{"token", "pitch_shift"}``."""
-        message: dict[str, Any] = {"token": token}
-        if pitch_shift is not None:
-            message["pitch_shift"] = pitch_shift
-        await self.connection.send(self.generation, message)
+        try:
+            await self.connection.client(self.generation).push(token, pitch_shift)
+        except ConnectionClosed as exc:
+            raise self.connection.lost(exc) from None
 
     async def flush(self) -> int:
-        """Send ``{"flush": true}``."""
-        return await self.connection.flush(self.generation)
+        """Send ``{"flush": true}``; returns the id the server gives its ``flushed`` event."""
+        try:
+            return await self.connection.client(self.generation).flush()
+        except ConnectionClosed as exc:
+            raise self.connection.lost(exc) from None
 
     async def cancel(self) -> None:
         """Send ``{"cancel": true}``; audio still in flight is dropped on arrival."""

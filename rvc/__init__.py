@@ -14,16 +14,65 @@ Typical use::
     converter = rvc.VoiceConverter(voice, hubert, f0)
     stream = rvc.StreamingConverter(converter, input_sample_rate=32000)
     out = stream.process(chunk, pitch_shift=0.0)   # float32 at stream.output_sample_rate
+
+The names below are this package's public face. They are imported on first use, so
+``import rvc`` (or ``from rvc import PITCH_SHIFT_LIMIT``) does not load torch.
 """
 
-from .content import ContentEncoder, load_content_encoder
-from .converter import SegmentSettings, VoiceConverter
-from .errors import VoiceFileError
-from .f0 import F0Estimator, load_f0_estimator
-from .streaming import StreamingConverter
-from .voice import Voice, load_index, load_voice
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .content import ContentEncoder, load_content_encoder
+    from .converter import SegmentSettings, VoiceConverter
+    from .errors import VoiceFileError
+    from .f0 import F0Estimator, load_f0_estimator
+    from .pitch import PITCH_SHIFT_LIMIT
+    from .streaming import StreamingConverter
+    from .voice import Voice, load_index, load_voice
+
+#: Public name → the module that defines it.
+_HOME = {
+    "ContentEncoder": "content",
+    "load_content_encoder": "content",
+    "SegmentSettings": "converter",
+    "VoiceConverter": "converter",
+    "VoiceFileError": "errors",
+    "F0Estimator": "f0",
+    "load_f0_estimator": "f0",
+    "PITCH_SHIFT_LIMIT": "pitch",
+    "StreamingConverter": "streaming",
+    "Voice": "voice",
+    "load_index": "voice",
+    "load_voice": "voice",
+}
 
 __all__ = [
-    "ContentEncoder", "F0Estimator", "SegmentSettings", "StreamingConverter", "Voice", "VoiceConverter",
-    "VoiceFileError", "load_content_encoder", "load_f0_estimator", "load_index", "load_voice",
+    "PITCH_SHIFT_LIMIT",
+    "ContentEncoder",
+    "F0Estimator",
+    "SegmentSettings",
+    "StreamingConverter",
+    "Voice",
+    "VoiceConverter",
+    "VoiceFileError",
+    "load_content_encoder",
+    "load_f0_estimator",
+    "load_index",
+    "load_voice",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rvc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

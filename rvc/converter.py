@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from scipy import signal
 
 from .content import CONTENT_SAMPLE_RATE, ContentEncoder
-from .f0 import F0_HOP_LENGTH, F0Estimator, coarse_pitch, shift_f0
+from .f0 import F0_HOP_LENGTH, F0Estimator
+from .pitch import coarse_pitch, shift_f0
 from .voice import Voice
 
 log = logging.getLogger(__name__)

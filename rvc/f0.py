@@ -25,17 +25,13 @@ import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint
 from .errors import VoiceFileError
+from .pitch import F0_MAX, F0_MIN
 from .rmvpe import LogMel, RMVPENet, salience_to_f0
 
 log = logging.getLogger(__name__)
 
 F0_SAMPLE_RATE = 16000
 F0_HOP_LENGTH = 160  # 10 ms frames
-F0_MIN = 50.0
-F0_MAX = 1100.0
-PITCH_SHIFT_LIMIT = 24.0
-_MEL_MIN = 1127.0 * np.log(1.0 + F0_MIN / 700.0)
-_MEL_MAX = 1127.0 * np.log(1.0 + F0_MAX / 700.0)
 
 
 @runtime_checkable
@@ -173,26 +169,3 @@ def load_f0_estimator(
             raise ValueError("F0 method 'rmvpe' needs rmvpe_path (the rmvpe.pt file)")
         return RMVPEF0(load_rmvpe(rmvpe_path), device=device, dtype=dtype)
     raise ValueError(f"unknown F0 method {method!r}: use 'pm' or 'rmvpe'")
-
-
-def shift_f0(f0: np.ndarray, pitch_shift: float) -> np.ndarray:
-    """Transpose F0 by ``pitch_shift`` semitones: ``f0 · 2^(pitch_shift/12)`` (0 stays 0).
-
-    Raises:
-        ValueError: ``pitch_shift`` outside ±24 semitones or not finite.
-    """
-    if not np.isfinite(pitch_shift) or abs(pitch_shift) > PITCH_SHIFT_LIMIT:
-        raise ValueError(f"pitch_shift must be within ±{PITCH_SHIFT_LIMIT:g} semitones, got {pitch_shift}")
-    return np.asarray(f0, dtype=np.float64) * 2.0 ** (pitch_shift / 12.0)
-
-
-def coarse_pitch(f0: np.ndarray) -> np.ndarray:
-    """Quantise F0 (Hz) to RVC's 255 mel-spaced pitch bins 1..255 (1 = unvoiced/below 50 Hz).
-
-    Returns:
-        int64 array of the same shape.
-    """
-    mel = 1127.0 * np.log(1.0 + np.asarray(f0, dtype=np.float64) / 700.0)
-    voiced = mel > 0
-    mel[voiced] = (mel[voiced] - _MEL_MIN) * 254.0 / (_MEL_MAX - _MEL_MIN) + 1.0
-    return np.rint(np.clip(mel, 1.0, 255.0)).astype(np.int64)

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from .content import CONTENT_SAMPLE_RATE
 from .converter import VoiceConverter
-from .f0 import F0_HOP_LENGTH, shift_f0
+from .f0 import F0_HOP_LENGTH
+from .pitch import shift_f0
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,6 @@ class StreamingConverter:
         self._phase = 0.0
         self._tail: np.ndarray | None = None  # output after the emitted block: crossfade + search
         self._generator = self.converter.new_generator()
-        self.blocks_processed = 0
         self.last_sola_offset = 0
         self._pitch_shift = 0.0
 
@@ -235,7 +235,6 @@ class StreamingConverter:
             region = f0[self.skip_frames : self.skip_frames + self.block_frames]
             self._phase = math.fmod(self._phase + float(np.sum(region)) * self.hop / conv.sample_rate, 1.0)
         out = self._sola(wav)
-        self.blocks_processed += 1
         return out
 
     def _sola(self, wav: np.ndarray) -> np.ndarray:

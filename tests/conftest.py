@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from tts_server.random_soprano import build_soprano_dir
+from testing.soprano_model import build_soprano_dir
 
 #: Audio tokens every sentence of the default test model generates (0.704 s of audio).
 TEST_AUDIO_TOKENS = 12

@@ -1,6 +1,6 @@
-"""Transport: the aiohttp application (``/ws/stream``, ``/api/speak``, ``/health``).
+"""Transport: the aiohttp application (``/ws/stream``, ``/api/speak``, ``/health``, ``/voices``).
 
-A thin adapter over :class:`~tts_server.pipeline.Pipeline`: it parses messages
+A thin adapter over :class:`~tts_server.scheduler.Pipeline`: it parses messages
 (:mod:`tts_server.protocol`), feeds the client's stream and writes its events back.
 Protocol parsing never reaches inference; inference never sees JSON.
 """
@@ -21,27 +21,25 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from .config import Config
 from .engines import TTSEngine
-from .pipeline import Audio, PendingTextFull, Pipeline, PipelineBusy, Stream, StreamError, UnknownVoice, VoiceFactory
-from .protocol import PITCH_LIMIT, ProtocolError, event_json, parse_message
-from .resample import OUTPUT_SAMPLE_RATE
+from .events import OUTPUT_SAMPLE_RATE, Audio, Cancelled, PendingTextFull, PipelineBusy, StreamError, UnknownVoice
+from .protocol import PitchShift, ProtocolError, audio_frames, event_json, parse_message
+from .scheduler import Pipeline
 from .service import build_pipeline
+from .stream import Stream
+from .voice_stage import VoiceProvider
 
 log = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", Config)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 MAX_FRAME_BYTES = 1 << 20
-#: Largest binary frame sent, in samples (256 ms): under 64 KiB a WebSocket frame has a
-#: 4-byte header, so clients that view the payload in place as a Float32Array (the seed's
-#: Node client does) always get a 4-byte-aligned offset.
-MAX_FRAME_SAMPLES = 12_288
 
 
 def create_app(
     config: Config,
     *,
     engine: TTSEngine | None = None,
-    voice_factory: VoiceFactory | None = None,
+    voices: VoiceProvider | None = None,
     pipeline: Pipeline | None = None,
 ) -> web.Application:
     """Build the application; the engine loads (off the event loop) when it starts.
@@ -49,7 +47,7 @@ def create_app(
     Args:
         config: validated settings.
         engine: an already-loaded engine (tests); loaded from ``config`` when ``None``.
-        voice_factory: per-stream voice stages; from ``[rvc]`` when ``None``.
+        voices: the voices streams may choose; from ``[rvc]`` when ``None``.
         pipeline: serve this running pipeline (the bot's own, for debugging) instead of
             building one; the application then neither warms it up nor stops it.
 
@@ -64,7 +62,7 @@ def create_app(
             app[PIPELINE] = pipeline
             yield
             return
-        built = await asyncio.to_thread(build_pipeline, config, engine=engine, voice_factory=voice_factory)
+        built = await asyncio.to_thread(build_pipeline, config, engine=engine, voices=voices)
         try:
             if config.engine.warmup:
                 await built.speak("Hello there.")
@@ -78,7 +76,7 @@ def create_app(
     app.router.add_get("/ws/stream", ws_stream)
     app.router.add_post("/api/speak", api_speak)
     app.router.add_get("/health", health)
-    app.router.add_get("/voices", voices)
+    app.router.add_get("/voices", list_voices)
     return app
 
 
@@ -105,7 +103,7 @@ class _Session:
         if message.cancel:
             self.stream.cancel()
             if self.events:
-                await self.ws.send_json({"type": "cancelled"})
+                await self.ws.send_str(event_json(Cancelled()))
         if message.voice is not msgspec.UNSET:
             try:
                 self.stream.set_voice(message.voice)
@@ -128,11 +126,10 @@ class _Session:
         async for event in self.stream.events():
             if isinstance(event, Audio):
                 generation = self.stream.generation
-                pcm = event.pcm.astype("<f4", copy=False)
-                for start in range(0, pcm.size, MAX_FRAME_SAMPLES):
+                for frame in audio_frames(event.pcm):
                     if self.stream.generation != generation:
                         break
-                    await self.ws.send_bytes(pcm[start : start + MAX_FRAME_SAMPLES].tobytes())
+                    await self.ws.send_bytes(frame)
             elif isinstance(event, StreamError) or self.events:
                 await self.ws.send_str(event_json(event))
 
@@ -177,7 +174,7 @@ class SpeakRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Body of ``POST /api/speak``."""
 
     text: Annotated[str, msgspec.Meta(min_length=1)]
-    pitch_shift: Annotated[float, msgspec.Meta(ge=-PITCH_LIMIT, le=PITCH_LIMIT)] = 0.0
+    pitch_shift: PitchShift = 0.0
     voice: str | None = None
 
 
@@ -240,16 +237,12 @@ async def health(request: web.Request) -> web.Response:
         "engine_sample_rate": engine.sample_rate,
         "active_streams": pipeline.active_streams,
         "max_streams": pipeline.max_streams,
-        "voice": getattr(pipeline.voice_factory, "default", None),
+        "voice": pipeline.voices.default,
     })
 
 
-async def voices(request: web.Request) -> web.Response:
+async def list_voices(request: web.Request) -> web.Response:
     """``GET /voices``: the RVC voices a stream may choose (``{"voice": name}``), and the default."""
-    factory = request.app[PIPELINE].voice_factory
-    describe = getattr(factory, "describe", None)
-    return web.json_response({
-        "default": getattr(factory, "default", None),
-        "voices": describe() if describe is not None else [],
-    })
+    voices = request.app[PIPELINE].voices
+    return web.json_response({"default": voices.default, "voices": voices.describe()})
 

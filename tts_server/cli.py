@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import re
 import sys
 import time
 from pathlib import Path
@@ -53,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from rvc.errors import VoiceFileError
+    from rvc import VoiceFileError
 
     from .app import create_app
     from .config import ConfigError, load_config
@@ -81,27 +79,8 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def llm_like_tokens(text: str) -> list[str]:
-    """Split text the way LLMs stream it: words with their leading space, punctuation apart."""
-    return re.findall(r"\s*[\w'’]+|\s*[^\w\s]|\s+", text)
-
-
-async def _connect(session, url: str, wait_s: float):
-    """Connect to ``url``, retrying while the server is still starting (up to ``wait_s``)."""
-    import aiohttp
-
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return await session.ws_connect(url, max_msg_size=0)
-        except aiohttp.ClientConnectorError:
-            if time.monotonic() >= deadline:
-                raise
-            await asyncio.sleep(0.5)
-
-
 async def say(text: str, url: str, pitch_shift: float = 0.0, timeout_s: float = 120.0, wait_s: float = 0.0):
-    """Stream ``text`` token by token to ``/ws/stream`` and collect the reply.
+    """Stream ``text`` piece by piece (as an LLM would) to ``/ws/stream`` and collect the reply.
 
     Returns:
         ``(audio, ttfa_s)``: ``(N,)`` float32 at 48 kHz, and the time from the last token
@@ -112,31 +91,31 @@ async def say(text: str, url: str, pitch_shift: float = 0.0, timeout_s: float = 
         TimeoutError: no ``flushed`` event within ``timeout_s``.
         aiohttp.ClientError: no server at ``url`` (after ``wait_s`` seconds of retries).
     """
-    import aiohttp
     import numpy as np
+
+    from .client import ConnectionClosed, StreamClient, text_pieces
+    from .events import Audio, Flushed, StreamError
 
     parts: list[np.ndarray] = []
     first_audio = None
-    async with aiohttp.ClientSession() as session:
-        async with await _connect(session, url, wait_s) as ws:
-            await ws.send_json({"events": True})
-            for token in llm_like_tokens(text):
-                await ws.send_json({"token": token, "pitch_shift": pitch_shift})
-            sent = time.perf_counter()
-            await ws.send_json({"flush": True})
+    async with await StreamClient.connect(url, wait_s=wait_s, heartbeat_s=None) as client:
+        for piece in text_pieces(text):
+            await client.push(piece, pitch_shift)
+        sent = time.perf_counter()
+        flush_id = await client.flush()
+        try:
             async with asyncio.timeout(timeout_s):
-                async for msg in ws:
-                    if msg.type == aiohttp.WSMsgType.BINARY:
+                while True:
+                    event = await client.receive()
+                    if isinstance(event, Audio):
                         first_audio = first_audio or time.perf_counter()
-                        parts.append(np.frombuffer(msg.data, dtype="<f4"))
-                    elif msg.type == aiohttp.WSMsgType.TEXT:
-                        event = json.loads(msg.data)
-                        if "error" in event:
-                            raise RuntimeError(f"server error: {event['error']}")
-                        if event.get("type") == "flushed":
-                            break
-                    else:
-                        raise RuntimeError(f"connection closed: {ws.close_code} {msg.extra or ''}")
+                        parts.append(event.pcm)
+                    elif isinstance(event, StreamError):
+                        raise RuntimeError(f"server error: {event.message}")
+                    elif isinstance(event, Flushed) and event.flush_id == flush_id:
+                        break
+        except ConnectionClosed as exc:
+            raise RuntimeError(str(exc)) from None
     audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
     return audio, (None if first_audio is None else first_audio - sent)
 
@@ -145,7 +124,7 @@ def say_command(args: argparse.Namespace) -> int:
     import aiohttp
 
     from .app import encode_wav
-    from .resample import OUTPUT_SAMPLE_RATE
+    from .events import OUTPUT_SAMPLE_RATE
 
     try:
         audio, ttfa = asyncio.run(say(args.text, args.url, args.pitch_shift, args.timeout, args.wait))

@@ -1,27 +1,36 @@
-"""Typed, validated settings loaded once from ``config.toml``.
+"""Typed, validated settings loaded once from ``config.toml``: the one loader for every package.
 
 Every setting lives in ``config.toml`` (commented there); the command line overrides a
 few of them. Secrets never live here: the bot reads ``DISCORD_TOKEN`` and LLM API keys
 from the environment. Unknown keys are errors, so a typo does not silently fall back to
 a default.
+
+One file, several owners. :class:`ConfigFile` reads the file once; each package loads
+its own sections from it with a schema of its own (a ``msgspec.Struct`` whose fields
+are the sections: :class:`Config` for the TTS pipeline and server, ``bot.config.BotConfig``
+for the bot). The schemas are declared as entry points of the ``llm_voice.config``
+group in ``pyproject.toml``, so a top-level section that no package declares (a typo
+such as ``[sever]``) is an error, while no package needs to know another's sections.
 """
 
 from __future__ import annotations
 
+import logging
 import tomllib
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-#: Top-level sections owned by other parts of the project (the Discord bot); the server
-#: accepts their presence and leaves them to their owners.
-FOREIGN_SECTIONS = frozenset({"bot", "llm", "tts"})
+log = logging.getLogger(__name__)
+
+#: Entry-point group under which each package declares its schema of sections.
+SCHEMA_ENTRY_POINTS = "llm_voice.config"
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PosInt = Annotated[int, msgspec.Meta(gt=0)]
 PosFloat = Annotated[float, msgspec.Meta(gt=0)]
-Semitones = Annotated[float, msgspec.Meta(ge=-24, le=24)]
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -113,8 +122,96 @@ class ConfigError(ValueError):
     """The configuration file is unreadable or holds an invalid setting (message names it)."""
 
 
+Schema = TypeVar("Schema", bound=msgspec.Struct)
+
+
+def declared_sections() -> dict[str, str]:
+    """Every top-level section some installed package declares, mapped to its owner.
+
+    Read from the ``llm_voice.config`` entry points; empty when the project is not
+    installed (then only the sections of the schema being loaded are checked).
+    """
+    owners: dict[str, str] = {}
+    for ep in entry_points(group=SCHEMA_ENTRY_POINTS):
+        try:
+            schema = ep.load()
+        except Exception as exc:  # a broken optional package must not stop the others
+            log.warning("configuration schema %s (%s) cannot be loaded: %s", ep.name, ep.value, exc)
+            continue
+        for section in getattr(schema, "__struct_fields__", ()):
+            owners[section] = ep.name
+    return owners
+
+
+class ConfigFile:
+    """One configuration file, read once; each package loads its own sections from it.
+
+    Use :meth:`read`, then :meth:`load` once per schema.
+
+    Args:
+        data: the parsed TOML document.
+        where: the file's path (``"defaults"`` without a file), used in messages.
+    """
+
+    def __init__(self, data: dict[str, Any], where: str) -> None:
+        self.data = data
+        self.where = where
+
+    @classmethod
+    def read(cls, path: str | Path | None = None) -> ConfigFile:
+        """Read and parse ``path`` (``None``: no file, all defaults).
+
+        Raises:
+            ConfigError: the file is missing or not valid TOML, or holds a section that no
+                package declares; the message names the file.
+        """
+        if path is None:
+            return cls({}, "defaults")
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: configuration file not found") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        known = declared_sections()
+        if known:
+            unknown = [name for name in data if name not in known]
+            if unknown:
+                raise ConfigError(
+                    f"{path}: unknown field `{unknown[0]}`: the sections are {', '.join(sorted(known))}"
+                )
+        return cls(data, str(path))
+
+    def load(self, schema: type[Schema], overrides: dict[str, dict[str, Any]] | None = None) -> Schema:
+        """Validate the sections ``schema`` declares (its fields), with ``overrides`` on top.
+
+        Args:
+            schema: a ``msgspec.Struct`` whose fields are sections (each a ``Struct``).
+            overrides: ``{section: {key: value}}`` (command-line flags); sections the
+                schema does not declare are ignored, and so are ``None`` values.
+
+        Raises:
+            ConfigError: an unknown key, a value of the wrong type or out of range (named),
+                or a section that no package declares (when the project is not installed).
+        """
+        fields = schema.__struct_fields__
+        if not declared_sections():
+            unknown = [name for name in self.data if name not in fields]
+            if unknown:
+                raise ConfigError(f"{self.where}: unknown field `{unknown[0]}`")
+        data: dict[str, Any] = {k: v for k, v in self.data.items() if k in fields}
+        for section, values in (overrides or {}).items():
+            current = data.get(section, {})
+            if section in fields and isinstance(current, dict):  # a non-table is named by validation
+                data[section] = {**current, **{k: v for k, v in values.items() if v is not None}}
+        try:
+            return msgspec.convert(data, schema)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{self.where}: {exc}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
-    """Load and validate a configuration.
+    """Load and validate the TTS server's sections (:class:`Config`).
 
     Args:
         path: a TOML file; ``None`` gives the defaults.
@@ -124,19 +221,4 @@ def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, A
         ConfigError: unreadable TOML, an unknown section or key, or a value of the wrong
             type or out of range; the message names the file and the setting.
     """
-    data: dict[str, Any] = {}
-    where = str(path) if path else "defaults"
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: configuration file not found") from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-    data = {k: v for k, v in data.items() if k not in FOREIGN_SECTIONS}
-    for section, values in (overrides or {}).items():
-        data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
-    try:
-        return msgspec.convert(data, Config)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    return ConfigFile.read(path).load(Config, overrides)

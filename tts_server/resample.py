@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-OUTPUT_SAMPLE_RATE = 48_000
+from .events import OUTPUT_SAMPLE_RATE
 
 
 class StreamResampler:

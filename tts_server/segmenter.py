@@ -64,10 +64,6 @@ _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?])")
 _LEADING_JUNK = re.compile(r"^[\s.,;:!?。！？，、；)\]}\"'”’»」』）】-]+")
 
 
-def _is_wordlike(ch: str) -> bool:
-    return ch.isalnum()
-
-
 def has_speakable(text: str) -> bool:
     """True if ``text`` holds a letter or digit (anything a TTS engine can say)."""
     return any(ch.isalnum() for ch in text)

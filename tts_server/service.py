@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .config import Config
 from .engines import TTSEngine, load_engine
-from .pipeline import Pipeline, VoiceFactory
+from .scheduler import Pipeline
 from .segmenter import Segmenter
-from .voices import VoiceCatalog
+from .voice_catalog import VoiceCatalog
+from .voice_stage import VoiceProvider
 
 
-def segmenter_factory(config: Config):
+def segmenter_factory(config: Config) -> Callable[[], Segmenter]:
     """A factory of segmenters with the ``[segmenter]`` settings."""
     s = config.segmenter
     return lambda: Segmenter(max_chars=s.max_chars, min_clause_chars=s.min_clause_chars, newline_breaks=s.newline_breaks)
@@ -19,7 +22,7 @@ def build_pipeline(
     config: Config,
     *,
     engine: TTSEngine | None = None,
-    voice_factory: VoiceFactory | None = None,
+    voices: VoiceProvider | None = None,
 ) -> Pipeline:
     """Load what the configuration names and return a started :class:`Pipeline`.
 
@@ -28,8 +31,8 @@ def build_pipeline(
     Args:
         config: validated settings.
         engine: an already-loaded engine; loaded from ``[engine]`` when ``None``.
-        voice_factory: per-stream voice stages; from ``[rvc]`` when ``None``
-            (:class:`~tts_server.voices.VoiceCatalog`; passthrough if no voice is configured).
+        voices: the voices streams may choose; from ``[rvc]`` when ``None``
+            (:class:`~tts_server.voice_catalog.VoiceCatalog`; passthrough if no voice is configured).
 
     Raises:
         EngineLoadError: an engine file is missing or corrupt (the message names it).
@@ -40,12 +43,12 @@ def build_pipeline(
 
         torch.set_num_threads(config.engine.threads)
     engine = engine or load_engine(config)
-    if voice_factory is None:
+    if voices is None:
         catalog = VoiceCatalog(config.rvc, engine.sample_rate, engine.device)
-        voice_factory = catalog if catalog.enabled else None
+        voices = catalog if catalog.enabled else None
     pipeline = Pipeline(
         engine,
-        voice_factory=voice_factory,
+        voices=voices,
         max_streams=config.server.max_streams,
         queue_s=config.server.stream_queue_s,
         max_pending_chars=config.server.max_pending_chars,

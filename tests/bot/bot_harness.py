@@ -1,5 +1,5 @@
 """An offline bot for tests: the real cog, sessions, TTS backend and LLM client, with
-Discord's network replaced by recording voice clients (:mod:`bot.offline`)."""
+Discord's network replaced by recording voice clients (:mod:`testing.discord_voice`)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from bot.cog import VoiceCog
 from bot.config import BotConfig, BotSettings, LLMSettings, TTSSettings
 from bot.history import ConversationHistory
 from bot.llm import LLMClient
-from bot.local_llm import LocalLLM
-from bot.offline import Decoded, OfflineWorld, decode_packets
+from testing.llm_server import LocalLLM
+from testing.discord_voice import Decoded, OfflineWorld, decode_packets
 from bot.pacing import RateEstimate
 from bot.session import GuildSession, Services, SessionManager
 from bot.tts import EmbeddedTTS, measure
-from tts_server.pipeline import Pipeline
+from tts_server import Pipeline
 
 #: A packet is "voice" above this RMS (espeak speech and Soprano audio are far above it).
 VOICE_RMS = 1e-3

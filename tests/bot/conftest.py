@@ -21,7 +21,7 @@ def opus_loaded() -> None:
 @pytest.fixture
 async def llm_server():
     """The scripted OpenAI-compatible streaming server, on a free port."""
-    from bot.local_llm import LocalLLM
+    from testing.llm_server import LocalLLM
 
     server = LocalLLM()
     await server.start()
@@ -33,7 +33,7 @@ async def llm_server():
 def espeak_pipeline():
     """A started pipeline over the real espeak-ng engine (real speech, fast)."""
     from tts_server.engines.espeak import EspeakEngine
-    from tts_server.pipeline import Pipeline
+    from tts_server import Pipeline
 
     pipeline = Pipeline(EspeakEngine())
     pipeline.start()

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.local_llm import Script, llm_tokens
-from tts_server.voice import Passthrough
+from testing.llm_server import Script
+from tts_server import text_pieces
+from tts_server.voice_stage import Passthrough
 
 
 class PitchRecorder(Passthrough):
@@ -24,7 +25,12 @@ class PitchRecorder(Passthrough):
 
 
 class Voices:
-    """A voice factory offering ``alto`` and ``bass`` (passthrough stages that record their use)."""
+    """A voice provider offering ``alto`` and ``bass`` (passthrough stages that record their use)."""
+
+    default = None
+
+    def describe(self) -> list[dict]:
+        return [{"name": n} for n in self.names()]
 
     def __init__(self, sample_rate: int) -> None:
         self.sample_rate = sample_rate
@@ -33,7 +39,7 @@ class Voices:
         return ["alto", "bass"]
 
     def __call__(self, name):
-        from tts_server.pipeline import UnknownVoice
+        from tts_server import UnknownVoice
 
         if name is not None and name not in self.names():
             raise UnknownVoice(f"unknown voice {name!r}")
@@ -43,10 +49,10 @@ class Voices:
 @pytest.fixture
 def voiced_pipeline():
     from tts_server.engines.espeak import EspeakEngine
-    from tts_server.pipeline import Pipeline
+    from tts_server import Pipeline
 
     engine = EspeakEngine()
-    pipeline = Pipeline(engine, voice_factory=Voices(engine.sample_rate))
+    pipeline = Pipeline(engine, voices=Voices(engine.sample_rate))
     pipeline.start()
     PitchRecorder.seen = []
     yield pipeline
@@ -75,7 +81,7 @@ async def test_speak_posts_the_reply_and_edits_it_as_it_grows_within_the_rate_li
     h = await harness(espeak_pipeline, bot={"edit_interval_s": 0.4})
     g = h.guild()
     text = "A reply that is written slowly. Word by word it grows in the channel. It ends here."
-    llm_server.queue(Script(llm_tokens(text), delay_s=0.1))
+    llm_server.queue(Script(text_pieces(text), delay_s=0.1))
     await h.invoke("speak", g.ctx, prompt="write slowly")
     await g.wait_idle()
     (message,) = g.text.messages
@@ -91,7 +97,7 @@ async def test_speak_posts_the_reply_and_edits_it_as_it_grows_within_the_rate_li
 async def test_a_second_speak_queues_behind_the_first_and_sees_its_history(harness, espeak_pipeline, llm_server):
     h = await harness(espeak_pipeline)
     g = h.guild()
-    llm_server.queue(Script(llm_tokens("The first answer is short.")), Script(llm_tokens("The second answer follows.")))
+    llm_server.queue(Script(text_pieces("The first answer is short.")), Script(text_pieces("The second answer follows.")))
     await h.invoke("speak", g.ctx, prompt="first question")
     await h.invoke("speak", g.context("Bob"), prompt="second question")
     assert g.text.texts()[-1] == "⏳ Queued (after 1 other reply)."
@@ -111,10 +117,10 @@ async def test_history_is_per_channel_and_bounded(harness, espeak_pipeline, llm_
     h = await harness(espeak_pipeline, bot={"history_messages": 2})
     a, b = h.guild("a"), h.guild("b")
     for i in range(3):
-        llm_server.queue(Script(llm_tokens(f"Answer {i}.")))
+        llm_server.queue(Script(text_pieces(f"Answer {i}.")))
         await h.invoke("speak", a.ctx, prompt=f"question {i}")
         await a.wait_idle()
-    llm_server.queue(Script(llm_tokens("Other.")))
+    llm_server.queue(Script(text_pieces("Other.")))
     await h.invoke("speak", b.ctx, prompt="elsewhere")
     await b.wait_idle()
     assert [t.reply for t in h.services.history.turns(a.text.id)] == ["Answer 2."]

@@ -9,8 +9,9 @@ import logging
 import discord
 import numpy as np
 
-from bot.local_llm import Script, llm_tokens
-from bot.offline import OfflineVoiceState
+from testing.llm_server import Script
+from tts_server import text_pieces
+from testing.discord_voice import OfflineVoiceState
 
 LONG = "This reply goes on for quite a while. It has several sentences in it. " * 3
 
@@ -124,7 +125,7 @@ async def test_an_llm_http_error_is_reported(harness, espeak_pipeline, llm_serve
 async def test_an_llm_failing_mid_reply_speaks_what_it_wrote_then_says_so(harness, espeak_pipeline, llm_server):
     h = await harness(espeak_pipeline)
     g = h.guild()
-    llm_server.queue(Script(llm_tokens("The first sentence made it. The second never ends"), fail_after=7))
+    llm_server.queue(Script(text_pieces("The first sentence made it. The second never ends"), fail_after=7))
     await h.invoke("speak", g.ctx, prompt="hello?")
     await g.wait_idle()
     texts = g.text.texts()
@@ -136,6 +137,41 @@ async def test_an_llm_failing_mid_reply_speaks_what_it_wrote_then_says_so(harnes
 
 
 # -- the TTS ---------------------------------------------------------------------------------------
+
+
+class FailsOnBoom:
+    """The espeak engine, except that a segment containing "boom" fails mid-synthesis."""
+
+    def __init__(self) -> None:
+        from tts_server.engines.espeak import EspeakEngine
+
+        self.inner = EspeakEngine()
+        self.name, self.model, self.device, self.sample_rate = "boom", "boom", "cpu", self.inner.sample_rate
+
+    def synthesize(self, text):
+        if "boom" in text.lower():
+            raise RuntimeError("the engine tripped over this segment")
+        yield from self.inner.synthesize(text)
+
+
+async def test_a_segment_the_tts_cannot_speak_is_skipped_and_the_channel_is_told(harness):
+    from tts_server import Pipeline
+
+    pipeline = Pipeline(FailsOnBoom())
+    pipeline.start()
+    try:
+        h = await harness(pipeline)
+        g = h.guild()
+        await h.invoke("say", g.ctx, text="The first sentence is fine. Then boom goes this one. The last one is fine too.")
+        await g.wait_idle()
+        assert g.tap.playbacks[-1].done and not g.tap.playbacks[-1].interrupted
+        assert g.text.texts()[-1] == (
+            "⚠️ 1 part of the reply could not be spoken "
+            "(synthesis failed for segment 1: the engine tripped over this segment)."
+        )
+        assert g.tap.audio().size > 1.0 * 48_000  # the two good sentences were spoken
+    finally:
+        pipeline.stop()
 
 
 class FailingOnce:
@@ -172,7 +208,7 @@ async def test_an_unexpected_error_is_logged_and_answered_generically(harness, e
 async def test_a_full_queue_refuses_new_replies_without_dropping_queued_ones(harness, espeak_pipeline, llm_server):
     h = await harness(espeak_pipeline, bot={"max_queued_replies": 1})
     g = h.guild()
-    llm_server.queue(Script(llm_tokens("A short first reply."), delay_s=0.02))
+    llm_server.queue(Script(text_pieces("A short first reply."), delay_s=0.02))
     await h.invoke("speak", g.ctx, prompt="short one")
     await h.invoke("say", g.ctx, text="Queued.")
     await h.invoke("say", g.ctx, text="One too many.")
@@ -242,7 +278,7 @@ async def test_a_remote_tts_connection_lost_mid_reply_is_reported(harness, make_
         await h.invoke("say", g.ctx, text=LONG * 2)
         await _speaking(g)
         conn = backend.connection(g.guild.id)
-        await conn._ws.close()  # the socket goes away mid-reply
+        await conn.client(conn.generation).close()  # the socket goes away mid-reply
         await g.wait_idle(10)
         assert g.text.texts()[-1].startswith("⚠️ lost the connection to the TTS server")
         async with asyncio.timeout(5):

@@ -109,10 +109,10 @@ class SlowVoice:
 @pytest.fixture
 def slow_pipeline():
     from tts_server.engines.espeak import EspeakEngine
-    from tts_server.pipeline import Pipeline
+    from tts_server import DefaultVoiceOnly, Pipeline
 
     engine = EspeakEngine()
-    pipeline = Pipeline(engine, voice_factory=lambda name: SlowVoice(engine.sample_rate, 1.5))
+    pipeline = Pipeline(engine, voices=DefaultVoiceOnly(lambda: SlowVoice(engine.sample_rate, 1.5)))
     pipeline.start()
     yield pipeline
     pipeline.stop()
@@ -153,6 +153,11 @@ async def test_the_same_slow_reply_stalls_without_the_start_delay(harness, slow_
 class SlowVoices:
     """The default voice is fast (passthrough); ``slow`` runs at rtf 1.5."""
 
+    default = None
+
+    def describe(self) -> list[dict]:
+        return [{"name": n} for n in self.names()]
+
     def __init__(self, sample_rate: int) -> None:
         self.sample_rate = sample_rate
 
@@ -160,17 +165,17 @@ class SlowVoices:
         return ["slow"]
 
     def __call__(self, name):
-        from tts_server.voice import Passthrough
+        from tts_server.voice_stage import Passthrough
 
         return SlowVoice(self.sample_rate, 1.5) if name == "slow" else Passthrough(self.sample_rate)
 
 
 async def test_a_newly_chosen_slow_voice_is_measured_before_its_first_reply(harness):
     from tts_server.engines.espeak import EspeakEngine
-    from tts_server.pipeline import Pipeline
+    from tts_server import Pipeline
 
     engine = EspeakEngine()
-    pipeline = Pipeline(engine, voice_factory=SlowVoices(engine.sample_rate))
+    pipeline = Pipeline(engine, voices=SlowVoices(engine.sample_rate))
     pipeline.start()
     try:
         h = await harness(pipeline)

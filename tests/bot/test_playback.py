@@ -44,7 +44,7 @@ async def test_say_sends_the_pipeline_audio_in_order_without_inserted_silence(ha
 
 async def test_soprano_reply_reaches_discord_without_inserted_silence(harness, soprano_engine):
     """The random-weight Soprano engine: every sentence is 0.704 s of (noise-like) audio."""
-    from tts_server.pipeline import Pipeline
+    from tts_server import Pipeline
 
     pipeline = Pipeline(soprano_engine)
     pipeline.start()
@@ -111,12 +111,13 @@ async def test_two_guilds_speak_at_once_and_each_hears_only_its_own_reply(harnes
 
 
 async def test_speak_plays_while_the_llm_is_still_writing(harness, espeak_pipeline, llm_server):
-    from bot.local_llm import Script, llm_tokens
+    from testing.llm_server import Script
+    from tts_server import text_pieces
 
     h = await harness(espeak_pipeline)
     g = h.guild()
     text = "Once upon a time there was a bot. It spoke while it was still thinking. The end came much later."
-    llm_server.queue(Script(llm_tokens(text), delay_s=0.08))
+    llm_server.queue(Script(text_pieces(text), delay_s=0.08))
     await h.invoke("speak", g.ctx, prompt="tell me a story")
     await g.wait_idle()
     request = llm_server.requests[0]

@@ -7,13 +7,14 @@ import asyncio
 import pytest
 
 from bot.tts import RemoteTTS
-from tts_server.voice import Passthrough
+from tts_server.voice_stage import Passthrough
 
 
 class Voices:
     """The server's voices: ``alto`` and ``bass``, passthrough stages that record the pitch they get."""
 
     seen: list[tuple[str | None, float]] = []
+    default = None
 
     def __init__(self, sample_rate: int) -> None:
         self.sample_rate = sample_rate
@@ -25,7 +26,7 @@ class Voices:
         return [{"name": n} for n in self.names()]
 
     def __call__(self, name):
-        from tts_server.pipeline import UnknownVoice
+        from tts_server import UnknownVoice
 
         if name is not None and name not in self.names():
             raise UnknownVoice(f"unknown voice {name!r}")
@@ -43,7 +44,7 @@ async def remote(make_server):
 
     async def make(overrides: dict | None = None) -> RemoteTTS:
         engine = EspeakEngine()
-        base, _ = await make_server(engine, overrides, voice_factory=Voices(engine.sample_rate))
+        base, _ = await make_server(engine, overrides, voices=Voices(engine.sample_rate))
         backend = RemoteTTS(base.replace("http://", "ws://") + "/ws/stream", connect_timeout_s=3.0, reconnect_max_s=1.0)
         backends.append(backend)
         return backend

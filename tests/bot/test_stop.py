@@ -7,7 +7,8 @@ import time
 
 import numpy as np
 
-from bot.local_llm import Script, llm_tokens
+from testing.llm_server import Script
+from tts_server import text_pieces
 from bot_harness import VOICE_RMS
 
 ENDLESS = "And then the story went on, and on, with more and more to tell. "
@@ -22,7 +23,7 @@ async def _speaking(g, timeout_s: float = 20.0) -> None:
 async def test_stop_silences_within_100_ms_and_cancels_the_llm_and_the_tts(harness, espeak_pipeline, llm_server):
     h = await harness(espeak_pipeline)
     g = h.guild()
-    llm_server.queue(Script(llm_tokens(ENDLESS), delay_s=0.03, repeat=True))  # writes until told to stop
+    llm_server.queue(Script(text_pieces(ENDLESS), delay_s=0.03, repeat=True))  # writes until told to stop
     await h.invoke("speak", g.ctx, prompt="tell me a long story")
     await _speaking(g)
     await asyncio.sleep(1.0)  # well into the reply, with audio buffered ahead
@@ -53,7 +54,7 @@ async def test_an_interrupted_reply_is_recorded_as_interrupted_with_only_what_wa
     h = await harness(espeak_pipeline)
     g = h.guild()
     sentences = [f"Sentence number {n} of the story." for n in ("one", "two", "three", "four", "five", "six")]
-    llm_server.queue(Script(llm_tokens(" ".join(sentences))))  # the whole text arrives at once
+    llm_server.queue(Script(text_pieces(" ".join(sentences))))  # the whole text arrives at once
     await h.invoke("speak", g.ctx, prompt="count sentences")
     await _speaking(g)
     await asyncio.sleep(2.5)  # about one and a half sentences heard
@@ -65,7 +66,7 @@ async def test_an_interrupted_reply_is_recorded_as_interrupted_with_only_what_wa
     assert sentences[-1] not in heard  # not recorded as if it had all been spoken
     assert len(heard) < len(" ".join(sentences)) / 2
     # The next request tells the LLM the reply was interrupted.
-    llm_server.queue(Script(llm_tokens("Sure.")))
+    llm_server.queue(Script(text_pieces("Sure.")))
     await h.invoke("speak", g.ctx, prompt="go on")
     await g.wait_idle()
     messages = llm_server.requests[-1].body["messages"]
@@ -76,7 +77,7 @@ async def test_an_interrupted_reply_is_recorded_as_interrupted_with_only_what_wa
 async def test_stop_drops_queued_replies_and_the_next_reply_plays_cleanly(harness, espeak_pipeline, llm_server):
     h = await harness(espeak_pipeline)
     g = h.guild()
-    llm_server.queue(Script(llm_tokens(ENDLESS), delay_s=0.03, repeat=True))
+    llm_server.queue(Script(text_pieces(ENDLESS), delay_s=0.03, repeat=True))
     await h.invoke("speak", g.ctx, prompt="first")
     await h.invoke("say", g.ctx, text="Queued one.")
     await h.invoke("say", g.ctx, text="Queued two.")

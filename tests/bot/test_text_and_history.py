@@ -9,7 +9,7 @@ import discord
 
 from bot.history import ConversationHistory, Turn
 from bot.live_text import PAGE_CHARS, LiveText, pages
-from bot.offline import OfflineTextChannel
+from testing.discord_voice import OfflineTextChannel
 
 
 async def test_edits_are_spaced_by_the_interval_and_the_last_text_always_shows():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rvc import random_assets as ra
+from testing import rvc_assets as ra
 
 sys.path.insert(0, str(Path(__file__).parent))  # for rvc_reference
 

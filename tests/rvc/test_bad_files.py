@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import rvc
-from rvc import random_assets as ra
+from testing import rvc_assets as ra
 
 
 def test_error_class_is_a_value_error():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import rvc
-from rvc.f0 import coarse_pitch
+from rvc.pitch import coarse_pitch
 from rvc.rmvpe import mel_filterbank
 
 TOLERANCE = 1e-4

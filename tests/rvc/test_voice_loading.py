@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import rvc
-from rvc import random_assets as ra
+from testing import rvc_assets as ra
 from rvc.voice import fold_weight_norm
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tts_server.engines.espeak import EspeakEngine
-from tts_server.pipeline import Audio, Flushed, PendingTextFull, Pipeline, PipelineBusy, SegmentDone, StreamError
+from tts_server import Audio, Flushed, PendingTextFull, Pipeline, PipelineBusy, SegmentDone, StreamError
 
 
 class Recording:
@@ -215,7 +215,7 @@ async def test_segment_events_report_time_to_first_audio(pipeline_for, soprano_e
 
 
 async def test_sentences_are_prefilled_while_their_tokens_arrive(pipeline_for, soprano_engine):
-    from tts_server.cli import llm_like_tokens
+    from tts_server import text_pieces
 
     calls: list[str] = []
 
@@ -230,7 +230,7 @@ async def test_sentences_are_prefilled_while_their_tokens_arrive(pipeline_for, s
     pipeline = pipeline_for(Spy(soprano_engine))
     stream = pipeline.open_stream()
     text = "This sentence arrives one word at a time."
-    for token in llm_like_tokens(text):
+    for token in text_pieces(text):
         stream.push(token)
         await asyncio.sleep(0.03)  # an LLM writing about 30 tokens per second
     stream.flush()

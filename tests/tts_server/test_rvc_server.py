@@ -14,10 +14,10 @@ import pytest
 import soxr
 import websockets
 
-from rvc import random_assets as ra
+from testing import rvc_assets as ra
 from tts_server.config import RVCSettings
 from tts_server.engines.espeak import EspeakEngine
-from tts_server.voices import VoiceCatalog
+from tts_server.voice_catalog import VoiceCatalog
 
 BLOCK_MS, CONTEXT_MS, CROSSFADE_MS = 200, 500, 50
 TEXT = "The quick brown fox jumps over the lazy dog."
@@ -107,7 +107,7 @@ def offline_reference(catalog: VoiceCatalog, engine: Recorded, events: list[dict
 
 
 async def test_stream_goes_through_rvc_and_leaves_at_48k(make_server, espeak, catalog):
-    base, _ = await make_server(espeak, voice_factory=catalog)
+    base, _ = await make_server(espeak, voices=catalog)
     audio, events = await speak_ws(base, TEXT)
     reference = offline_reference(catalog, espeak, events)
     assert audio.shape == reference.shape
@@ -118,7 +118,7 @@ async def test_stream_goes_through_rvc_and_leaves_at_48k(make_server, espeak, ca
 
 
 async def test_concurrent_streams_keep_their_own_converter_state(make_server, espeak, catalog):
-    base, _ = await make_server(espeak, voice_factory=catalog)
+    base, _ = await make_server(espeak, voices=catalog)
     texts = [TEXT, "A different sentence, spoken at the same time by another client."]
     results = await asyncio.gather(*(speak_ws(base, t) for t in texts))
     for audio, events in results:
@@ -126,7 +126,7 @@ async def test_concurrent_streams_keep_their_own_converter_state(make_server, es
 
 
 async def test_voice_is_chosen_per_stream_and_listed(make_server, espeak, catalog, rvc_files):
-    base, _ = await make_server(espeak, voice_factory=catalog)
+    base, _ = await make_server(espeak, voices=catalog)
     async with aiohttp.ClientSession() as http:
         async with http.get(base + "/voices") as r:
             listing = await r.json()
@@ -139,14 +139,14 @@ async def test_voice_is_chosen_per_stream_and_listed(make_server, espeak, catalo
 
 
 async def test_unknown_voice_is_an_error_and_the_stream_goes_on(make_server, espeak, catalog):
-    base, _ = await make_server(espeak, voice_factory=catalog)
+    base, _ = await make_server(espeak, voices=catalog)
     audio, events = await speak_ws(base, TEXT, {"voice": "nobody"})
     assert "unknown voice 'nobody'" in events[0]["error"]
     np.testing.assert_allclose(audio, offline_reference(catalog, espeak, events), atol=1e-5)
 
 
 async def test_a_broken_voice_file_is_refused_without_ending_the_stream(make_server, espeak, catalog, rvc_files):
-    base, _ = await make_server(espeak, voice_factory=catalog)
+    base, _ = await make_server(espeak, voices=catalog)
     audio, events = await speak_ws(base, TEXT, {"voice": "broken"})
     errors = [e["error"] for e in events if "error" in e]
     assert len(errors) == 1 and "broken.pth" in errors[0] and "refused" in errors[0]
@@ -154,7 +154,7 @@ async def test_a_broken_voice_file_is_refused_without_ending_the_stream(make_ser
 
 
 async def test_api_speak_uses_the_voice(make_server, espeak, catalog):
-    base, _ = await make_server(espeak, voice_factory=catalog)
+    base, _ = await make_server(espeak, voices=catalog)
     async with aiohttp.ClientSession() as http:
         async with http.post(base + "/api/speak", json={"text": TEXT, "voice": "v1_40k"}) as r:
             assert r.status == 200
@@ -178,7 +178,7 @@ async def test_pitch_shift_reaches_the_converter(make_server, espeak, rvc_files)
             return stage
 
     spy = Spy(settings(rvc_files, voices_dir=""), espeak.sample_rate, "cpu")
-    base, _ = await make_server(espeak, voice_factory=spy)
+    base, _ = await make_server(espeak, voices=spy)
     async with websockets.connect(ws_url(base)) as ws:
         await ws.send(json.dumps({"events": True, "token": TEXT, "pitch_shift": 7}))
         await ws.send(json.dumps({"flush": True}))

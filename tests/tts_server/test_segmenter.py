@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tts_server.cli import llm_like_tokens
+from tts_server import text_pieces
 from tts_server.segmenter import Segmenter, clean_for_speech
 
 
@@ -19,7 +19,7 @@ def feed(tokens: list[str], **kwargs) -> list[tuple[int | str, str]]:
 
 
 def texts(text: str, **kwargs) -> list[str]:
-    return [s for _, s in feed(llm_like_tokens(text), **kwargs)]
+    return [s for _, s in feed(text_pieces(text), **kwargs)]
 
 
 def test_seed_example_cuts_at_the_exclamation_mark_itself():

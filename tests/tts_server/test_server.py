@@ -14,7 +14,8 @@ import websockets
 from scipy.io import wavfile
 
 from tests.conftest import TEST_AUDIO_TOKENS
-from tts_server.cli import llm_like_tokens, say
+from tts_server.cli import say
+from tts_server import text_pieces
 from tts_server.engines.soprano import TOKEN_SAMPLES, prepare_text
 
 SEGMENT_SAMPLES_48K = (TEST_AUDIO_TOKENS - 1) * TOKEN_SAMPLES * 3 // 2  # one segment's audio at 48 kHz
@@ -88,7 +89,7 @@ async def test_seed_python_client_works_unchanged(make_server, soprano_engine):
     received: list[bytes] = []
 
     async def text_stream():
-        for token in llm_like_tokens("Hello world! How are you today? I am fine"):
+        for token in text_pieces("Hello world! How are you today? I am fine"):
             yield token
 
     async def speak(text_stream):
@@ -145,7 +146,7 @@ async def test_each_trigger_produces_a_segment_event(make_server, soprano_engine
     text = "Is it done? Yes, it is quite done. Another clause here; then more\nA line without end"
     async with websockets.connect(ws_url(base)) as ws:
         await ws.send(json.dumps({"events": True}))
-        for token in llm_like_tokens(text) + [" and this one runs on and on past the limit"]:
+        for token in text_pieces(text) + [" and this one runs on and on past the limit"]:
             await ws.send(json.dumps({"token": token, "pitch_shift": 0}))
         await ws.send(json.dumps({"flush": True}))
         frames = await recv_until(ws, is_event("flushed"))
@@ -381,7 +382,7 @@ async def test_health_reports_engine_and_streams(make_server, soprano_engine, so
 
 async def test_pitch_shift_is_carried_to_the_voice_stage(make_server, soprano_engine):
     """Until RVC is configured the voice stage is a passthrough; it must still receive the value."""
-    from tts_server.voice import Passthrough
+    from tts_server.voice_stage import DefaultVoiceOnly, Passthrough
 
     seen: list[float] = []
 
@@ -390,7 +391,7 @@ async def test_pitch_shift_is_carried_to_the_voice_stage(make_server, soprano_en
             seen.append(pitch_shift)
             return audio
 
-    base, _ = await make_server(soprano_engine, voice_factory=lambda name: Recording(soprano_engine.sample_rate))
+    base, _ = await make_server(soprano_engine, voices=DefaultVoiceOnly(lambda: Recording(soprano_engine.sample_rate)))
     async with websockets.connect(ws_url(base)) as ws:
         await ws.send(json.dumps({"events": True}))
         await ws.send(json.dumps({"token": "Low voice here.", "pitch_shift": -5}))
@@ -403,9 +404,10 @@ async def test_pitch_shift_is_carried_to_the_voice_stage(make_server, soprano_en
 
 async def test_a_cancel_stops_the_rest_of_a_multi_frame_chunk(soprano_dir):
     """Audio events longer than one frame are cut short by a cancel between their frames."""
-    from tts_server.app import MAX_FRAME_SAMPLES, _Session
+    from tts_server.app import _Session
+    from tts_server.protocol import MAX_FRAME_SAMPLES
     from tts_server.engines.soprano import SopranoEngine
-    from tts_server.pipeline import Pipeline
+    from tts_server import Pipeline
 
     engine = SopranoEngine(soprano_dir, device="cpu", chunk_tokens=16)  # events of up to 4 frames
     pipeline = Pipeline(engine)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 
 from ..config import Config
-from .base import EngineLoadError, TTSEngine
+from .base import EngineLoadError, PrefillingEngine, TTSEngine
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EngineLoadError", "TTSEngine", "load_engine"]
+__all__ = ["EngineLoadError", "PrefillingEngine", "TTSEngine", "load_engine"]
 
 
 def _soprano(config: Config) -> TTSEngine:

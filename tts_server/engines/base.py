@@ -8,7 +8,7 @@ engines). An engine is called only from the pipeline's inference thread.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -45,4 +45,31 @@ class TTSEngine(Protocol):
             early by ceasing to iterate and calling ``close()`` on the generator,
             so an engine must do at most one chunk of work per ``next()``.
         """
+        ...
+
+
+@runtime_checkable
+class PrefillingEngine(TTSEngine, Protocol):
+    """An engine that can start on a sentence while it is still being written.
+
+    The prefill handle is opaque to the pipeline: whatever :meth:`prefill` returns is
+    handed back to the next :meth:`prefill` of the same sentence, and finally to
+    :meth:`synthesize`.
+    """
+
+    def prefill(self, text: str, previous: Any | None = None) -> Any | None:
+        """Precompute what the unfinished sentence ``text`` allows (e.g. a prompt's KV cache).
+
+        Args:
+            text: the sentence so far, raw (the engine normalises it).
+            previous: the handle of an earlier prefill of this sentence (``None``: none).
+
+        Returns:
+            A handle for :meth:`synthesize` (or the next prefill); ``None`` when there is
+            nothing worth keeping.
+        """
+        ...
+
+    def synthesize(self, text: str, prefill: Any | None = None) -> Iterator[np.ndarray]:
+        """As :meth:`TTSEngine.synthesize`, starting from a prefill of a prefix of ``text``."""
         ...

@@ -12,7 +12,7 @@ for block 100/250/500 ms × context 0.5/1/2.5 s, and reports per setting:
 
 Usage::
 
-    python -m rvc.bench [--seconds 3] [--f0 pm|rmvpe] [--json out.json] [--device cpu|cuda]
+    python -m benchmarks.rvc [--seconds 3] [--f0 pm|rmvpe] [--json out.json] [--device cpu|cuda]
 
 On CUDA the models run in float16. Not a test: timings depend on the machine.
 """
@@ -30,12 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import random_assets as ra
-from .content import load_content_encoder
-from .converter import VoiceConverter, resample
-from .f0 import load_f0_estimator
-from .streaming import StreamingConverter
-from .voice import load_voice
+from rvc import StreamingConverter, VoiceConverter, load_content_encoder, load_f0_estimator, load_voice
+from rvc.converter import resample
+from testing import rvc_assets as ra
 
 log = logging.getLogger(__name__)
 

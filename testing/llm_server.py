@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .speech import text_pieces
+from tts_server import text_pieces
 
 
 @dataclass
@@ -59,11 +59,6 @@ class RequestLog:
     client_gone_at: float | None = None
 
 
-def llm_tokens(text: str) -> list[str]:
-    """Split text roughly as an LLM tokenizer streams it: words with their leading space."""
-    return text_pieces(text)
-
-
 class LocalLLM:
     """The server. ``await start()`` returns its base URL (``http://127.0.0.1:PORT/v1``).
 
@@ -84,7 +79,7 @@ class LocalLLM:
         self._scripts.extend(scripts)
 
     def _next_script(self, body: dict[str, Any]) -> Script:
-        return self._scripts.popleft() if self._scripts else Script(llm_tokens("Hello from the local model."))
+        return self._scripts.popleft() if self._scripts else Script(text_pieces("Hello from the local model."))
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on ``host:port`` (0: a free port); returns the base URL."""

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .rmvpe import RMVPENet
-from .synthesizer import Synthesizer, SynthesizerConfig
+from rvc.rmvpe import RMVPENet
+from rvc.synthesizer import Synthesizer, SynthesizerConfig
 
 __all__ = [
     "voice_config", "build_voice_checkpoint", "write_voice", "write_index",
@@ -326,7 +326,7 @@ def write_transformers_hubert(directory: str | Path, *, num_layers: int = 2, hid
     from safetensors.torch import save_file
     from transformers import HubertConfig, HubertModel
 
-    from .content import _pos_conv_names, fairseq_to_transformers_key
+    from rvc.content import _pos_conv_names, fairseq_to_transformers_key
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

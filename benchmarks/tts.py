@@ -1,6 +1,6 @@
 """Benchmark: time to first audio (TTFA) and real-time factor (RTF) of the server.
 
-``python -m tts_server.bench [--sentences N] [--tokens T] [--json out.json]``
+``python -m benchmarks.tts [--sentences N] [--tokens T] [--json out.json]``
 
 Builds a random-weight Soprano with the real Soprano-1.1-80M configuration (weights do
 not change the cost; every sentence is forced to ``--tokens`` audio tokens of 64 ms),
@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tts_server import OUTPUT_SAMPLE_RATE
+
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "Streaming speech starts while the model is still writing.",
@@ -42,7 +44,7 @@ SENTENCES = [
 
 
 def _model_dir(path: Path | None, tokens: int) -> Path:
-    from .random_soprano import REAL_CONFIG, build_soprano_dir
+    from testing.soprano_model import REAL_CONFIG, build_soprano_dir
 
     target = path or Path(tempfile.gettempdir()) / f"soprano-real-random-{tokens}"
     if not (target / "decoder.pth").exists():
@@ -51,13 +53,10 @@ def _model_dir(path: Path | None, tokens: int) -> Path:
 
 
 async def _bench_server(model_dir: Path, sentences: list[str], token_interval_s: float, prefill: bool) -> list[dict]:
-    import aiohttp
     from aiohttp.test_utils import TestServer
 
-    from .app import create_app
-    from .cli import llm_like_tokens
-    from .config import load_config
-    from .engines.soprano import SopranoEngine
+    from tts_server import Audio, SegmentDone, StreamClient, create_app, load_config, text_pieces
+    from tts_server.engines.soprano import SopranoEngine
 
     engine = await asyncio.to_thread(SopranoEngine, model_dir, device="cpu")
     config = load_config(None, {"engine": {"warmup": True, "prefill": prefill}})
@@ -66,32 +65,29 @@ async def _bench_server(model_dir: Path, sentences: list[str], token_interval_s:
     url = str(server.make_url("/ws/stream")).replace("http", "ws", 1)
     rows = []
     try:
-        async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
-            await ws.send_json({"events": True})
+        async with await StreamClient.connect(url, heartbeat_s=None) as client:
             for sentence in sentences:
-                tokens = llm_like_tokens(sentence)
+                tokens = text_pieces(sentence)
                 for token in tokens[:-1]:
-                    await ws.send_json({"token": token, "pitch_shift": 0})
+                    await client.push(token, 0.0)
                     await asyncio.sleep(token_interval_s)  # the LLM writing
                 sent = time.perf_counter()
-                await ws.send_json({"token": tokens[-1], "pitch_shift": 0})
-                await ws.send_json({"token": " "})  # the next sentence's first token
-                first = last = None
+                await client.push(tokens[-1], 0.0)
+                await client.push(" ")  # the next sentence's first token
+                first = last = sent
                 samples = 0
                 while True:
-                    msg = await ws.receive()
-                    if msg.type == aiohttp.WSMsgType.BINARY:
+                    event = await client.receive()
+                    if isinstance(event, Audio):
                         last = time.perf_counter()
-                        first = first or last
-                        samples += len(msg.data) // 4
-                    elif msg.type == aiohttp.WSMsgType.TEXT and (event := json.loads(msg.data)).get("type") == "segment":
+                        first = last if samples == 0 else first
+                        samples += event.pcm.size
+                    elif isinstance(event, SegmentDone):
                         break
-                    elif msg.type != aiohttp.WSMsgType.TEXT:
-                        raise RuntimeError(f"connection closed: {msg}")
-                audio_s = samples / 48_000
+                audio_s = samples / OUTPUT_SAMPLE_RATE
                 rows.append({
                     "ttfa_ms": (first - sent) * 1000,
-                    "server_ttfa_ms": event["ttfa_ms"],  # segment cut → first chunk queued, inside the server
+                    "server_ttfa_ms": event.ttfa_ms,  # segment cut → first chunk queued, inside the server
                     "rtf": (last - sent) / audio_s,
                     "audio_s": audio_s,
                 })
@@ -138,7 +134,7 @@ def _summary(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tts_server.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tts", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sentences", type=int, default=len(SENTENCES), help="sentences per path")
     parser.add_argument("--tokens", type=int, default=48, help="audio tokens (64 ms) per sentence")
     parser.add_argument("--model-dir", type=Path, help="reuse/build the random real-size model here")

@@ -1,4 +1,5 @@
-"""The server's RVC voices: the configured default and a folder of voices to choose from.
+"""The server's RVC voices (a :class:`~tts_server.voice_stage.VoiceProvider`): the configured
+default and a folder of voices to choose from.
 
 Builds stage 3 of the pipeline from ``[rvc]``: the content encoder (HuBERT) and the F0
 estimator are loaded once and shared; each voice's models are loaded once (the default
@@ -11,24 +12,30 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .config import RVCSettings
-from .pipeline import UnknownVoice
-from .voice import Passthrough, VoiceStage
+from .events import UnknownVoice
+from .voice_stage import Passthrough, VoiceStage
+
+if TYPE_CHECKING:
+    import torch
+
+    import rvc
 
 log = logging.getLogger(__name__)
 
 
 def _dtype(precision: str, device: str) -> torch.dtype:
+    import torch
+
     if precision == "auto":
         return torch.float16 if device.startswith("cuda") else torch.float32
     return getattr(torch, precision)
 
 
 class VoiceCatalog:
-    """Voice stages by name, for :class:`~tts_server.pipeline.Pipeline` (``voice_factory``).
+    """Voice stages by name, for :class:`~tts_server.scheduler.Pipeline` (its ``voices``).
 
     Args:
         settings: the ``[rvc]`` section.
@@ -50,7 +57,7 @@ class VoiceCatalog:
         self.device = device if settings.device == "auto" else settings.device
         self.dtype = _dtype(settings.precision, self.device)
         self._files: dict[str, tuple[Path, Path | None]] = {}
-        self._converters: dict[str, object] = {}
+        self._converters: dict[str, rvc.VoiceConverter] = {}
         self._lock = threading.Lock()
         self.default: str | None = None
         if settings.voices_dir:
@@ -79,7 +86,7 @@ class VoiceCatalog:
         """Names of the voices offered (file stems)."""
         return sorted(self._files)
 
-    def describe(self) -> list[dict]:
+    def describe(self) -> list[dict[str, Any]]:
         """What ``GET /voices`` lists: name, files, whether it is the default and loaded."""
         return [
             {
@@ -92,7 +99,7 @@ class VoiceCatalog:
             for name, (pth, index) in sorted(self._files.items())
         ]
 
-    def _converter(self, name: str):
+    def _converter(self, name: str) -> rvc.VoiceConverter:
         import rvc
 
         with self._lock:

@@ -3,7 +3,7 @@
 Runs the real bot path offline: the voice cog's ``speak`` command, the ``openai`` client
 against a local OpenAI-compatible streaming server (tokens at a fixed rate), the
 embedded pipeline, and discord.py's real ``VoiceClient``/``AudioPlayer`` whose packets are
-recorded (:mod:`bot.offline`), decrypted and decoded. Per scenario and reply it measures:
+recorded (:mod:`testing.discord_voice`), decrypted and decoded. Per scenario and reply it measures:
 
 * ``cmd_to_voice_ms``: from invoking ``speak`` to the first voice packet sent;
 * ``sentence_to_voice_ms``: from the LLM writing the token that completes the first
@@ -23,7 +23,7 @@ Scenarios (real-size models with random weights, so the cost is the real models'
 
 Usage::
 
-    python -m bot.bench [--replies 3] [--scenarios soprano soprano+rvc soprano+rvc,no-delay] [--json out.json]
+    python -m benchmarks.bot [--replies 3] [--scenarios soprano soprano+rvc soprano+rvc,no-delay] [--json out.json]
 
 Not a test: timings depend on the machine.
 """
@@ -46,6 +46,9 @@ from typing import Any
 
 import numpy as np
 
+from bot.pacing import StartGate
+from tts_server import OUTPUT_SAMPLE_RATE
+
 log = logging.getLogger(__name__)
 
 #: Replies the local LLM writes (no commas: each sentence is one segment).
@@ -63,15 +66,23 @@ VOICE_RMS = 1e-3
 SOPRANO_AUDIO_TOKENS = 25  # 1.6 s of audio per sentence
 
 
+class ImmediateStart(StartGate):
+    """The start delay switched off: a reply plays as soon as it has any audio."""
+
+    def ready(self, buffered_s: float, remaining_chars: int, now: float, in_progress_s: float = 0.0) -> bool:
+        """True as soon as anything is buffered."""
+        return buffered_s > 0
+
+
 def _first_sentence_token(tokens: list[str]) -> int:
     """Index of the token that completes the first sentence."""
     return next(i for i, t in enumerate(tokens) if re.search(r"[.!?]", t))
 
 
 def build_models(root: Path, rvc: bool) -> tuple[Any, Any]:
-    """Real-size random-weight Soprano (and RVC voice catalog); returns (engine, voice_factory)."""
+    """Real-size random-weight Soprano (and RVC voice catalog); returns (engine, voices)."""
     from tts_server.engines.soprano import SopranoEngine
-    from tts_server.random_soprano import REAL_CONFIG, build_soprano_dir
+    from testing.soprano_model import REAL_CONFIG, build_soprano_dir
 
     soprano_dir = root / f"soprano-{SOPRANO_AUDIO_TOKENS}"
     if not (soprano_dir / "model.safetensors").exists():
@@ -80,9 +91,9 @@ def build_models(root: Path, rvc: bool) -> tuple[Any, Any]:
     engine = SopranoEngine(soprano_dir, device="cpu")
     if not rvc:
         return engine, None
-    from rvc import random_assets as ra
+    from testing import rvc_assets as ra
+    from tts_server import VoiceCatalog
     from tts_server.config import RVCSettings
-    from tts_server.voices import VoiceCatalog
 
     voice, hubert = root / "voice.pth", root / "hubert_base.pt"
     if not voice.exists():
@@ -93,35 +104,33 @@ def build_models(root: Path, rvc: bool) -> tuple[Any, Any]:
     return engine, catalog
 
 
-async def run_scenario(name: str, engine: Any, voice_factory: Any, replies: int) -> dict[str, Any]:
+async def run_scenario(name: str, engine: Any, voices: Any, replies: int) -> dict[str, Any]:
     """Speak ``replies`` LLM replies through the offline bot; one row per reply."""
     from bot.cog import VoiceCog
     from bot.config import BotConfig, BotSettings, LLMSettings
     from bot.history import ConversationHistory
     from bot.llm import LLMClient
-    from bot.local_llm import LocalLLM, Script, llm_tokens
-    from bot.offline import OfflineWorld, decode_packets
-    from bot.pacing import StartGate
+    from testing.discord_voice import OfflineWorld, decode_packets
+    from testing.llm_server import LocalLLM, Script
+    from tts_server import text_pieces
     from bot.session import Services, SessionManager
     from bot.tts import EmbeddedTTS, measure
-    from tts_server.pipeline import Pipeline
+    from tts_server import Pipeline
 
-    pipeline = Pipeline(engine, voice_factory=voice_factory)
+    pipeline = Pipeline(engine, voices=voices)
     pipeline.start()
     llm_server = LocalLLM()
     await llm_server.start()
     config = BotConfig(bot=BotSettings(history_messages=0), llm=LLMSettings(base_url=llm_server.base_url, timeout_s=60.0))
     backend = EmbeddedTTS(pipeline)
     estimate = await measure(backend, "Warming up the pipeline. This is a second sentence.")
-    services = Services(config, backend, LLMClient(config.llm), ConversationHistory(0), estimate)
+    gate = ImmediateStart if name.endswith("no-delay") else StartGate
+    services = Services(config, backend, LLMClient(config.llm), ConversationHistory(0), estimate, start_gate=gate)
     sessions = SessionManager(services)
     world = OfflineWorld(asyncio.get_running_loop(), player_timeout_s=5.0)
     cog = VoiceCog(types.SimpleNamespace(user=world.bot_user), sessions)  # type: ignore[arg-type]
     guild, voice, text = world.guild("bench")
     ctx = world.context(guild, text, voice)
-    original_ready = StartGate.ready
-    if name.endswith("no-delay"):
-        StartGate.ready = lambda self, buffered_s, *_, **__: buffered_s > 0  # type: ignore[method-assign]
     rows = []
     try:
         await cog.join.callback(cog, ctx)
@@ -129,7 +138,7 @@ async def run_scenario(name: str, engine: Any, voice_factory: Any, replies: int)
         vc = voice.voice_clients[-1]
         for i in range(replies):
             reply_text = REPLIES[i % len(REPLIES)]
-            tokens = llm_tokens(reply_text)
+            tokens = text_pieces(reply_text)
             llm_server.queue(Script(tokens, delay_s=1.0 / TOKENS_PER_S))
             await asyncio.sleep(0.3)
             t_cmd = time.perf_counter()
@@ -156,7 +165,7 @@ async def run_scenario(name: str, engine: Any, voice_factory: Any, replies: int)
                 "sentence_to_voice_ms": (decoded.times[first] - t_sentence) * 1000,
                 "llm_done_ms": (request.finished_at - t_cmd) * 1000 if request.finished_at else None,
                 "silence_frames": playback.underrun_frames,
-                "first_stall_at_s": None if playback.first_underrun_at is None else playback.first_underrun_at / 48_000,
+                "first_stall_at_s": None if playback.first_underrun_at is None else playback.first_underrun_at / OUTPUT_SAMPLE_RATE,
                 "silent_packets": silent_inside,
                 "start_delay_ms": (reply.start_delay_s or 0.0) * 1000,
                 "audio_s": audio_s,
@@ -164,7 +173,6 @@ async def run_scenario(name: str, engine: Any, voice_factory: Any, replies: int)
             })
             log.info("%s reply %d: %s", name, i + 1, rows[-1])
     finally:
-        StartGate.ready = original_ready  # type: ignore[method-assign]
         await sessions.aclose()
         await services.llm.aclose()
         await llm_server.close()

@@ -1,0 +1,402 @@
+"""One client's handle on the pipeline: text in, audio and events out, with backpressure.
+
+A :class:`Stream` is opened by the scheduler (:class:`~tts_server.scheduler.Pipeline`)
+for each client (a WebSocket, an HTTP request, a Discord guild's reply).
+
+Event-loop side: :meth:`Stream.push` cuts tokens into segments at once (the segmenter)
+and queues them; :meth:`Stream.flush`, :meth:`Stream.cancel`, :meth:`Stream.close`;
+:meth:`Stream.get` returns audio and events in order.
+
+Inference-thread side: the scheduler asks each stream for its deadline
+(:meth:`Stream.deadline`) and lets the most urgent one do one chunk of work
+(:meth:`Stream.step`) through its :class:`~tts_server.renderer.SegmentRenderer`. Results
+go back to the event loop with ``call_soon_threadsafe``; a cancel in between makes them
+stale (each carries the stream's generation) and they are dropped there.
+
+Backpressure. A stream's outgoing queue holds at most ``max_queued_samples`` of audio.
+When it is full the stream has no deadline (the scheduler skips it) until its client
+reads, so a slow client costs memory for that much audio at most and never slows the
+others. Unspoken text is bounded by ``max_pending_chars``: past it a token is refused
+with :class:`~tts_server.events.PendingTextFull` and nothing already buffered is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from .events import OUTPUT_SAMPLE_RATE, Audio, Event, Flushed, PendingTextFull, Segment, SegmentDone, StreamError
+from .renderer import SegmentRenderer
+from .segmenter import Segmenter
+from .voice_stage import VoiceStage
+
+log = logging.getLogger(__name__)
+
+#: A prefill is scheduled as if its deadline were this far in the future: it runs when no
+#: stream's listener will run out of audio sooner.
+PREFILL_SLACK_S = 0.25
+#: A prefill starts only after the text has paused this long: tokens arriving in a burst
+#: would complete the sentence while the prefill still runs, delaying it instead.
+PREFILL_PAUSE_S = 0.015
+#: Prefill again once the pending text has grown by this many characters. Each prefill
+#: call reads all the model's weights once, so prefilling every token would cost ~20×
+#: the compute of prefilling a few words at a time (on CPU).
+PREFILL_STEP_CHARS = 16
+
+
+class StreamHost(Protocol):
+    """What a stream needs from the scheduler that opened it."""
+
+    @property
+    def max_pending_chars(self) -> int:
+        """Unspoken characters a stream may hold."""
+        ...
+
+    @property
+    def max_queued_samples(self) -> int:
+        """Samples of audio a stream may have queued for its client."""
+        ...
+
+    @property
+    def prefills(self) -> bool:
+        """True if streams should prefill sentences still being written."""
+        ...
+
+    def new_segmenter(self) -> Segmenter:
+        """A segmenter for a new stream."""
+        ...
+
+    def check_voice(self, name: str | None) -> None:
+        """Raise :class:`~tts_server.events.UnknownVoice` unless ``name`` is offered."""
+        ...
+
+    def voice_stage(self, name: str | None) -> VoiceStage:
+        """A new voice stage (blocking; raises :class:`~tts_server.events.UnknownVoice`)."""
+        ...
+
+    def wake(self) -> None:
+        """Some stream may have work."""
+        ...
+
+    def recheck_after(self, delay_s: float) -> None:
+        """Called while choosing a stream: look again after ``delay_s`` even if nobody wakes."""
+        ...
+
+
+@dataclass(frozen=True)
+class _FlushMark:
+    flush_id: int
+    queued_at: float
+
+
+class Stream:
+    """One client's stream through the pipeline (see the module docstring).
+
+    Args:
+        host: the scheduler that opened it.
+        stream_id: unique per pipeline.
+        loop: the event loop its consumer runs on.
+        renderer: engine → voice stage → resampler for this stream.
+    """
+
+    def __init__(self, host: StreamHost, stream_id: int, loop: asyncio.AbstractEventLoop, renderer: SegmentRenderer) -> None:
+        self.id = stream_id
+        self._host = host
+        self._loop = loop
+        self._segmenter = host.new_segmenter()
+        self.pitch_shift = 0.0
+        self._start_pitch = 0.0  # pitch_shift given with the first token of the pending text
+        self._segment_counter = itertools.count()
+        self._flush_counter = itertools.count(1)
+        self._flush_segments: list[int] = []
+        self._flush_samples = 0
+        self._out: asyncio.Queue[Event] = asyncio.Queue()
+        self._lock = threading.Lock()
+        self._epoch = 0
+        self._work: collections.deque[Segment | _FlushMark] = collections.deque()
+        self._queued_samples = 0
+        self._queued_chars = 0  # text of the segments in _work
+        self._closed = False
+        # Inference-thread state.
+        self.renderer = renderer
+        self._next_voice: str | None | bool = False  # False: no change pending
+        self._stage_epoch = 0
+        self._pending_text = ""  # snapshot of the segmenter's buffer, for prefill
+        self._last_push = 0.0
+        self._play_until = time.monotonic()
+
+    # -- event-loop side -----------------------------------------------------------------
+
+    @property
+    def pending_chars(self) -> int:
+        """Characters buffered in the segmenter, not yet cut into a segment."""
+        return self._segmenter.pending_chars
+
+    @property
+    def unspoken_chars(self) -> int:
+        """Characters not yet being spoken: buffered plus cut into segments still queued."""
+        with self._lock:
+            queued = self._queued_chars
+        return self._segmenter.pending_chars + queued
+
+    def push(self, token: str, pitch_shift: float | None = None) -> list[Segment]:
+        """Add an LLM token; segments it completes are queued for synthesis at once.
+
+        Args:
+            token: text as the LLM produced it.
+            pitch_shift: semitones from this token on (kept until changed); a segment is
+                spoken with the value given with its first token.
+
+        Returns:
+            The segments this token completed.
+
+        Raises:
+            PendingTextFull: the token would exceed ``max_pending_chars`` (nothing is added).
+        """
+        unspoken = self.unspoken_chars
+        limit = self._host.max_pending_chars
+        if unspoken + len(token) > limit:
+            raise PendingTextFull(
+                f"too much unspoken text: {unspoken} characters are waiting to be spoken and the limit is {limit}"
+            )
+        if pitch_shift is not None:
+            self.pitch_shift = float(pitch_shift)
+        if self._segmenter.pending_chars == 0:
+            self._start_pitch = self.pitch_shift
+        segments = self._enqueue(self._segmenter.push(token))
+        with self._lock:
+            self._pending_text = self._segmenter.pending_text
+            self._last_push = time.monotonic()
+        if self._host.prefills:
+            self._host.wake()
+        return segments
+
+    def flush(self) -> int:
+        """Cut everything buffered into segments; a :class:`Flushed` event follows their audio.
+
+        Returns:
+            The flush id carried by that event.
+        """
+        self._enqueue(self._segmenter.flush())
+        flush_id = next(self._flush_counter)
+        with self._lock:
+            self._pending_text = ""
+            self._work.append(_FlushMark(flush_id, time.monotonic()))
+        self._host.wake()
+        return flush_id
+
+    def set_voice(self, name: str | None) -> None:
+        """Speak the following segments in voice ``name`` (``None``: the default voice).
+
+        The change takes effect at the next segment boundary, after the current voice's
+        held audio is flushed. The voice is loaded then, on the inference thread (never
+        on the event loop); if its files turn out to be unusable, a :class:`StreamError`
+        says so and the stream keeps its current voice.
+
+        Raises:
+            UnknownVoice: the server has no voice of that name (the current one stays).
+        """
+        self._host.check_voice(name)
+        with self._lock:
+            self._next_voice = name
+
+    def cancel(self) -> None:
+        """Barge-in: drop buffered text, queued segments, the segment being spoken and unsent audio."""
+        self._segmenter.clear()
+        with self._lock:
+            self._epoch += 1
+            self._pending_text = ""
+            self._work.clear()
+            self._queued_chars = 0
+            self._queued_samples = 0
+        self._flush_segments = []
+        self._flush_samples = 0
+        while not self._out.empty():
+            self._out.get_nowait()
+        self._host.wake()
+
+    def close(self) -> None:
+        """The client is gone: stop synthesis at the next chunk boundary and free the stream."""
+        if self._closed:
+            return
+        self.cancel()
+        self._closed = True
+        self._host.wake()
+
+    @property
+    def generation(self) -> int:
+        """Incremented by every :meth:`cancel`: audio received under an older value is stale."""
+        return self._epoch
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    async def get(self) -> Event:
+        """Wait for the next event (audio in order, then the events that follow it)."""
+        event = await self._out.get()
+        if isinstance(event, Audio):
+            with self._lock:
+                self._queued_samples -= event.pcm.size
+            self._host.wake()
+        return event
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Iterate over events forever (until the task is cancelled)."""
+        while True:
+            yield await self.get()
+
+    def _enqueue(self, texts: list[str]) -> list[Segment]:
+        """Queue cut segments: the first keeps the pitch its text began with, later ones the current."""
+        now = time.monotonic()
+        pitches = [self._start_pitch] + [self.pitch_shift] * (len(texts) - 1)
+        segments = [Segment(next(self._segment_counter), t, p, now) for t, p in zip(texts, pitches, strict=False)]
+        if texts:
+            self._start_pitch = self.pitch_shift
+        if segments:
+            with self._lock:
+                self._work.extend(segments)
+                self._queued_chars += sum(len(seg.text) for seg in segments)
+            self._host.wake()
+        return segments
+
+    def _deliver(self, epoch: int, event: Event) -> None:
+        """Runs on the event loop: queue an event unless a cancel made it stale."""
+        if epoch != self._epoch or self._closed:
+            return
+        if isinstance(event, SegmentDone):
+            self._flush_segments.append(event.index)
+            self._flush_samples += event.audio_samples
+        elif isinstance(event, Flushed):
+            event = Flushed(event.flush_id, tuple(self._flush_segments), self._flush_samples)
+            self._flush_segments = []
+            self._flush_samples = 0
+        self._out.put_nowait(event)
+
+    # -- inference-thread side -----------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """True when no segment is being rendered (a closed, idle stream can be dropped)."""
+        return not self.renderer.busy
+
+    def deadline(self) -> float | None:
+        """Scheduling key (smaller is more urgent), or ``None`` when there is nothing to do.
+
+        It is the moment the listener runs out of audio already sent, or when the current
+        (or next) segment was queued, whichever is later. A prefill waits for a pause in
+        the text (the host is told when to look again) and is not urgent.
+        """
+        with self._lock:
+            if self._stage_epoch != self._epoch:
+                return float("-inf")  # a cancel to apply: cheap, do it now
+            if self._queued_samples >= self._host.max_queued_samples:
+                return None
+            segment = self.renderer.segment
+            if segment is not None:
+                head = segment.queued_at
+            elif self._work:
+                head = self._work[0].queued_at
+            elif self._prefill_due():
+                now = time.monotonic()
+                if now < self._last_push + PREFILL_PAUSE_S:
+                    self._host.recheck_after(self._last_push + PREFILL_PAUSE_S - now)
+                    return None
+                return now + PREFILL_SLACK_S
+            else:
+                return None
+        return max(self._play_until, head)
+
+    def _prefill_due(self) -> bool:
+        """Called under ``_lock``: is there new unspoken text worth prefilling?"""
+        return self._host.prefills and len(self._pending_text) - len(self.renderer.prefilled_text) >= PREFILL_STEP_CHARS
+
+    def _post(self, epoch: int, event: Event) -> bool:
+        with self._lock:
+            if epoch != self._epoch:
+                return False
+            if isinstance(event, Audio):
+                self._queued_samples += event.pcm.size
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, epoch, event)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            return False
+        return True
+
+    def _post_audio(self, epoch: int, pcm: np.ndarray, segment: int) -> None:
+        if pcm.size == 0:
+            return
+        self._play_until = max(self._play_until, time.monotonic()) + pcm.size / OUTPUT_SAMPLE_RATE
+        self._post(epoch, Audio(pcm, segment))
+
+    def step(self) -> None:
+        """Do one chunk of work for this stream (inference thread only)."""
+        renderer = self.renderer
+        with self._lock:
+            epoch = self._epoch
+            cancelled = self._stage_epoch != epoch
+            self._stage_epoch = epoch
+            item = self._work.popleft() if not cancelled and not renderer.busy and self._work else None
+            if isinstance(item, Segment):
+                self._queued_chars -= len(item.text)
+            pending = self._pending_text if item is None and not renderer.busy and self._prefill_due() else None
+        if cancelled:
+            renderer.abandon()
+            return
+        if pending is not None:
+            renderer.prefill(pending)
+            return
+        if isinstance(item, _FlushMark):
+            self._post(epoch, Flushed(item.flush_id, (), 0))
+            return
+        if isinstance(item, Segment):
+            self._switch_voice(epoch)
+            renderer.begin(item)
+        if not renderer.busy:
+            return
+        try:
+            pcm = renderer.step()
+        except Exception as exc:  # one bad segment must not kill the stream or the thread
+            index = self._current_index
+            log.exception("stream %d: synthesis of segment %d failed", self.id, index)
+            renderer.abandon()
+            self._post(epoch, StreamError(f"synthesis failed for segment {index}: {exc}", index))
+            return
+        if pcm is not None:
+            self._post_audio(epoch, pcm, self._current_index)
+            return
+        with self._lock:
+            more = any(isinstance(queued, Segment) for queued in self._work)
+        if not more:  # out of text for now: push out what the stages still hold
+            self._post_audio(epoch, renderer.drain(), self._current_index)
+        self._post(epoch, renderer.end())
+
+    @property
+    def _current_index(self) -> int:
+        segment = self.renderer.segment
+        return segment.index if segment is not None else -1
+
+    def _switch_voice(self, epoch: int) -> None:
+        """Install a voice chosen with :meth:`set_voice`, flushing what the old one holds."""
+        with self._lock:
+            name, self._next_voice = self._next_voice, False
+        if name is False:
+            return
+        voice = name if isinstance(name, str) else None
+        try:
+            stage = self._host.voice_stage(voice)
+        except Exception as exc:  # a bad voice file must not end the stream
+            log.warning("stream %d: voice %r refused: %s", self.id, voice, exc)
+            self._post(epoch, StreamError(f"voice {voice!r} refused: {exc}"))
+            return
+        self._post_audio(epoch, self.renderer.set_voice(stage), -1)
