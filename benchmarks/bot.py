@@ -74,6 +74,11 @@ class ImmediateStart(StartGate):
         return buffered_s > 0
 
 
+async def _invoke(command: Any, cog: Any, ctx: Any, **kwargs: Any) -> None:
+    """Run a command's callback as discord.py would, with the offline context (a stand-in)."""
+    await command.callback(cog, ctx, **kwargs)
+
+
 def _first_sentence_token(tokens: list[str]) -> int:
     """Index of the token that completes the first sentence."""
     return next(i for i, t in enumerate(tokens) if re.search(r"[.!?]", t))
@@ -131,9 +136,9 @@ async def run_scenario(name: str, engine: Any, voices: Any, replies: int) -> dic
     cog = VoiceCog(types.SimpleNamespace(user=world.bot_user), sessions)  # type: ignore[arg-type]
     guild, voice, text = world.guild("bench")
     ctx = world.context(guild, text, voice)
-    rows = []
+    rows: list[dict[str, Any]] = []
     try:
-        await cog.join.callback(cog, ctx)
+        await _invoke(cog.join, cog, ctx)
         session = sessions.get(guild.id)
         vc = voice.voice_clients[-1]
         for i in range(replies):
@@ -142,14 +147,14 @@ async def run_scenario(name: str, engine: Any, voices: Any, replies: int) -> dic
             llm_server.queue(Script(tokens, delay_s=1.0 / TOKENS_PER_S))
             await asyncio.sleep(0.3)
             t_cmd = time.perf_counter()
-            await cog.speak.callback(cog, ctx, prompt=f"tell me story {i + 1}")
+            await _invoke(cog.speak, cog, ctx, prompt=f"tell me story {i + 1}")
             while session.busy:
                 await asyncio.sleep(0.02)
             await asyncio.sleep(0.1)
             job = session.last_job
-            reply = job.reply
-            if job.outcome != "done" or reply is None or reply.playback is None:
-                raise RuntimeError(f"reply {i + 1} failed: {job.outcome} {text.texts()[-1:]}")
+            reply = job.reply if job is not None else None
+            if job is None or job.outcome != "done" or reply is None or reply.playback is None:
+                raise RuntimeError(f"reply {i + 1} failed: {job and job.outcome} {text.texts()[-1:]}")
             decoded = decode_packets(vc.recorder.snapshot(), vc.recorder.secret_key)
             after = decoded.times >= t_cmd
             voiced = np.flatnonzero(after & (decoded.rms() > VOICE_RMS))

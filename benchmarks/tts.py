@@ -106,10 +106,10 @@ def _bench_reference(model_dir: Path, sentences: list[str]) -> list[dict]:
     for sentence in sentences:
         with contextlib.redirect_stdout(quiet):
             start = time.perf_counter()
-            first = None
+            first = start
             samples = 0
             for chunk in tts.infer_stream(sentence, chunk_size=1):
-                first = first or time.perf_counter()
+                first = time.perf_counter() if samples == 0 else first
                 samples += chunk.numel()
             end = time.perf_counter()
         audio_s = samples / 32_000

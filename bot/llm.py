@@ -12,15 +12,16 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-import httpx
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from .config import LLMSettings
 from .errors import LLMError
 
 log = logging.getLogger(__name__)
 
-Message = dict[str, str]
+#: One chat message (``{"role": ..., "content": ...}``).
+Message = ChatCompletionMessageParam
 
 
 class LLMClient:
@@ -36,14 +37,16 @@ class LLMClient:
         self._client = openai.AsyncOpenAI(
             base_url=settings.base_url,
             api_key=api_key or settings.api_key(),
-            timeout=httpx.Timeout(settings.timeout_s, connect=min(10.0, settings.timeout_s)),
+            timeout=openai.Timeout(settings.timeout_s, connect=min(10.0, settings.timeout_s)),
             max_retries=0,  # a voice reply cannot wait for retries; the user sees the error and retries
         )
 
     def messages(self, history: list[Message], prompt: str) -> list[Message]:
         """The request's messages: the system prompt, ``history``, then ``prompt`` as the user."""
-        system = [{"role": "system", "content": self.settings.system_prompt}] if self.settings.system_prompt else []
-        return [*system, *history, {"role": "user", "content": prompt}]
+        messages: list[Message] = []
+        if self.settings.system_prompt:
+            messages.append({"role": "system", "content": self.settings.system_prompt})
+        return [*messages, *history, {"role": "user", "content": prompt}]
 
     async def stream_reply(self, messages: list[Message]) -> AsyncIterator[str]:
         """Yield the reply's text piece by piece as the endpoint streams it.
@@ -82,8 +85,6 @@ class LLMClient:
             ) from None
         except openai.APIError as exc:
             raise LLMError(f"the LLM at {where} failed mid-reply: {_short(exc.message)}") from None
-        except httpx.HTTPError as exc:
-            raise LLMError(f"the connection to the LLM at {where} broke mid-reply ({type(exc).__name__}: {exc})") from None
 
     async def aclose(self) -> None:
         """Close the HTTP client."""

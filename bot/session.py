@@ -180,7 +180,7 @@ class GuildSession:
     # -- voice connection --------------------------------------------------------------------
 
     @property
-    def channel(self) -> discord.abc.Connectable | None:
+    def channel(self) -> discord.VoiceChannel | discord.StageChannel | None:
         """The voice channel the bot is in (``None`` when not connected)."""
         vc = self.voice_client
         return vc.channel if vc is not None and vc.is_connected() else None
@@ -321,10 +321,10 @@ class GuildSession:
         """
         dropped = 0
         while not self._queue.empty():
-            job = self._queue.get_nowait()
-            job.interrupted = True
-            job.outcome = "interrupted"
-            job.finished.set()
+            queued = self._queue.get_nowait()
+            queued.interrupted = True
+            queued.outcome = "interrupted"
+            queued.finished.set()
             dropped += 1
         job = self.current
         if job is not None:

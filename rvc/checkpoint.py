@@ -38,7 +38,7 @@ class FairseqDictionaryStub:
 
 
 FAIRSEQ_DICTIONARY = "fairseq.data.dictionary.Dictionary"
-_SAFE_GLOBALS = [(FairseqDictionaryStub, FAIRSEQ_DICTIONARY), argparse.Namespace]
+_SAFE_GLOBALS: list[Any] = [(FairseqDictionaryStub, FAIRSEQ_DICTIONARY), argparse.Namespace]
 
 
 def load_checkpoint(path: str | os.PathLike, what: str) -> Any:

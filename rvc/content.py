@@ -96,6 +96,7 @@ class ContentEncoder(nn.Module):
             hidden = self.model(x, output_hidden_states=True).hidden_states[layer]
         if version == "v1":
             self.check_compatible("v1")
+            assert self.final_proj is not None  # check_compatible raised otherwise
             hidden = self.final_proj(hidden)
         return hidden
 
@@ -222,7 +223,6 @@ def _load_fairseq(path: Path) -> ContentEncoder:
         conv_dim=[c for c, _, _ in conv],
         conv_kernel=[k for _, k, _ in conv],
         conv_stride=[s for _, _, s in conv],
-        num_feat_extract_layers=len(conv),
         conv_bias=bool(model_cfg.get("conv_bias", False)),
         feat_extract_norm="group",
         do_stable_layer_norm=False,
@@ -302,6 +302,8 @@ def _load_transformers_dir(path: Path) -> ContentEncoder:
         if tuple(w.shape) != (PROJECTED_SIZE, HIDDEN_SIZE):
             raise VoiceFileError(f"HuBERT directory {path}: final_proj is {tuple(w.shape)}, "
                                  f"RVC v1 needs ({PROJECTED_SIZE}, {HIDDEN_SIZE})")
+        if b is None:
+            raise VoiceFileError(f"HuBERT directory {path}: final_proj.weight has no final_proj.bias")
         final_proj = nn.Linear(HIDDEN_SIZE, PROJECTED_SIZE)
         final_proj.load_state_dict({"weight": w.float(), "bias": b.float()})
     return ContentEncoder(model, final_proj, source=path)

@@ -227,7 +227,7 @@ class VoiceConverter:
         padded = np.pad(x16, (t_pad, t_pad), mode="reflect")
         n_frames = len(padded) // win
         f0 = None
-        if self.voice.f0:
+        if self.f0_estimator is not None and self.voice.f0:
             f0 = shift_f0(self.f0_estimator.estimate(padded, n_frames), pitch_shift)[:n_frames]
         generator = self.new_generator()
         pieces = []

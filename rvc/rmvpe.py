@@ -62,6 +62,9 @@ def mel_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: i
 class LogMel(nn.Module):
     """16 kHz waveform → natural-log mel magnitude spectrogram (clamped at 1e-5)."""
 
+    mel_basis: torch.Tensor
+    window: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("mel_basis", torch.from_numpy(mel_filterbank()), persistent=False)
@@ -114,15 +117,17 @@ class DownPath(nn.Module):
         super().__init__()
         self.bn = nn.BatchNorm2d(1, momentum=_BN_MOMENTUM)
         widths = [1] + [width * 2**i for i in range(n_stages)]
-        self.layers = nn.ModuleList(ResidualStage(widths[i], widths[i + 1], n_blocks, True) for i in range(n_stages))
+        stages = [ResidualStage(widths[i], widths[i + 1], n_blocks, True) for i in range(n_stages)]
+        self.layers = nn.ModuleList(stages)
+        self._stages = stages  # the same modules, typed
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []
         x = self.bn(x)
-        for stage in self.layers:
+        for stage in self._stages:
             y = stage(x)
             skips.append(y)
-            x = stage.pool(y)
+            x = stage.pool(y) if stage.pool is not None else y
         return x, skips
 
 

@@ -205,6 +205,8 @@ class StreamingConverter:
         self._f0[:-b] = self._f0[b:]
         self._f0[-b:] = 0.0
         est = self.converter.f0_estimator
+        if est is None:  # a voice without pitch guidance never asks for F0
+            return
         margin = _F0_MARGIN_FRAMES
         window_frames = min(self.buffer_frames, b + 2 * margin)
         window = self._buffer[-window_frames * _FRAME :]

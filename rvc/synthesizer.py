@@ -293,13 +293,13 @@ class MeanCouplingLayer(nn.Module):
 
     def __init__(self, channels: int, hidden_channels: int, gin_channels: int) -> None:
         super().__init__()
-        self.half = channels // 2
-        self.pre = nn.Conv1d(self.half, hidden_channels, 1)
+        self.half_channels = channels // 2
+        self.pre = nn.Conv1d(self.half_channels, hidden_channels, 1)
         self.enc = WaveNetStack(hidden_channels, 5, 3, gin_channels)
-        self.post = nn.Conv1d(hidden_channels, self.half, 1)
+        self.post = nn.Conv1d(hidden_channels, self.half_channels, 1)
 
     def reverse(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        x0, x1 = x[:, : self.half], x[:, self.half :]
+        x0, x1 = x[:, : self.half_channels], x[:, self.half_channels :]
         shift = self.post(self.enc(self.pre(x0), g))
         return torch.cat([x0, x1 - shift], dim=1)
 
@@ -316,13 +316,14 @@ class FlowStack(nn.Module):
 
     def __init__(self, channels: int, hidden_channels: int, gin_channels: int, n_flows: int = 4) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
+        layers: list[MeanCouplingLayer | ChannelFlip] = []
         for _ in range(n_flows):
             layers += [MeanCouplingLayer(channels, hidden_channels, gin_channels), ChannelFlip()]
         self.flows = nn.ModuleList(layers)
+        self._reversed = layers[::-1]  # the same modules, typed, in the order inference runs them
 
     def reverse(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        for layer in reversed(self.flows):
+        for layer in self._reversed:
             z = layer.reverse(z, g)
         return z
 
@@ -537,6 +538,8 @@ class Synthesizer(nn.Module):
         z = self.flow.reverse(z_p, g)[:, :, dec_head : dec_head + return_length]
         source = None
         if self.use_pitch:
+            if f0 is None:
+                raise ValueError("a pitch-guided voice needs f0")
             source = self.dec.m_source(
                 f0[:, skip_head : skip_head + return_length], self.hop_length,
                 noise=noise, generator=generator, phase0=phase0,

@@ -109,7 +109,7 @@ class RecordingConnection:
 class RecordingVoiceClient(discord.VoiceClient):
     """The real ``VoiceClient`` with the network replaced by a :class:`RecordingConnection`."""
 
-    _connection: RecordingConnection
+    _connection: RecordingConnection  # type: ignore[assignment]  # the recorder stands in for the connection state
 
     def create_connection_state(self) -> RecordingConnection:  # type: ignore[override]
         """The recorder instead of discord.py's connection state (no socket, no gateway)."""
@@ -176,7 +176,7 @@ def decode_packets(packets: list[tuple[float, bytes]], secret_key: list[int]) ->
     for sent_at, packet in packets:
         header, ciphertext, nonce = packet[:12], packet[12:-4], packet[-4:] + bytes(20)
         opus_data = box.decrypt(bytes(ciphertext), bytes(header), bytes(nonce))
-        pcm = np.frombuffer(decoder.decode(opus_data), dtype="<i2").reshape(-1, 2)[:, 0]
+        pcm = np.frombuffer(decoder.decode(opus_data, fec=False), dtype="<i2").reshape(-1, 2)[:, 0]
         times.append(sent_at)
         frames.append(pcm.astype(np.float32) / 32768.0)
         seq, stamp = struct.unpack_from(">HI", header, 2)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import string
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -120,8 +121,12 @@ def write_tokenizer(model_dir: Path) -> None:
     }, indent=2))
 
 
-def _force_length(model: torch.nn.Module, audio_tokens: int, seed: int) -> None:
-    """Arrange embeddings and ``lm_head`` so greedy decoding emits ``audio_tokens`` then [STOP]."""
+def _force_length(model: Any, audio_tokens: int, seed: int) -> None:
+    """Arrange embeddings and ``lm_head`` so greedy decoding emits ``audio_tokens`` then [STOP].
+
+    ``model`` is a transformers ``Qwen3ForCausalLM`` (typed ``Any``: torch's ``Module``
+    typing does not see its submodules' weights).
+    """
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         emb = model.get_input_embeddings().weight
@@ -176,7 +181,7 @@ def build_soprano_dir(
     cfg = Qwen3Config(
         vocab_size=VOCAB_SIZE,
         max_position_embeddings=512,
-        rope_theta=10000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         tie_word_embeddings=False,
         bos_token_id=STOP_ID,
         eos_token_id=STOP_ID,

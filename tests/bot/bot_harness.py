@@ -16,7 +16,15 @@ from bot.config import BotConfig, BotSettings, LLMSettings, TTSSettings
 from bot.history import ConversationHistory
 from bot.llm import LLMClient
 from testing.llm_server import LocalLLM
-from testing.discord_voice import Decoded, OfflineWorld, decode_packets
+from testing.discord_voice import (
+    Decoded,
+    OfflineContext,
+    OfflineGuild,
+    OfflineTextChannel,
+    OfflineVoiceChannel,
+    OfflineWorld,
+    decode_packets,
+)
 from bot.pacing import RateEstimate
 from bot.session import GuildSession, Services, SessionManager
 from bot.tts import EmbeddedTTS, measure
@@ -100,10 +108,10 @@ class GuildHandle:
     """A guild with a voice and a text channel, a member in the voice channel, and a tap."""
 
     harness: Harness
-    guild: object
-    voice: object
-    text: object
-    ctx: object
+    guild: OfflineGuild
+    voice: OfflineVoiceChannel
+    text: OfflineTextChannel
+    ctx: OfflineContext
     tap: Tap
     session: GuildSession
 
@@ -171,7 +179,7 @@ class Harness:
         command = next(c for c in self.cog.get_commands() if c.name == command_name)
         ctx.command = command
         try:
-            await command.callback(self.cog, ctx, *args, **kwargs)
+            await command.callback(self.cog, ctx, *args, **kwargs)  # type: ignore[arg-type]  # an offline context
         except Exception as exc:  # noqa: BLE001 - dispatched like discord.py does
             error = exc if isinstance(exc, commands.CommandError) else commands.CommandInvokeError(exc)
             await self.cog.cog_command_error(ctx, error)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # for bot_harness
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,7 +43,7 @@ def espeak_pipeline():
 @pytest.fixture
 async def harness(llm_server):
     """``await harness(backend_or_pipeline, **config)``: an offline bot; closed after the test."""
-    from bot_harness import Harness
+    from tests.bot.bot_harness import Harness
 
     made: list[Harness] = []
 

@@ -288,3 +288,15 @@ async def test_a_remote_tts_connection_lost_mid_reply_is_reported(harness, make_
         assert np.any(g.decoded().rms() > 0)
     finally:
         await backend.aclose()
+
+
+async def test_an_llm_connection_dropped_mid_reply_speaks_what_it_wrote_then_says_so(harness, espeak_pipeline, llm_server):
+    h = await harness(espeak_pipeline)
+    g = h.guild()
+    llm_server.queue(Script(text_pieces("The first sentence made it. The second never ends"), drop_after=7))
+    await h.invoke("speak", g.ctx, prompt="hello?")
+    await g.wait_idle()
+    texts = g.text.texts()
+    assert texts[0] == "The first sentence made it. The  ⚠️ *cut off*"
+    assert texts[1].startswith(f"⚠️ the connection to the LLM at {llm_server.base_url} broke mid-reply")
+    assert g.tap.audio().size > 0.8 * 48_000  # what was written was spoken

@@ -12,7 +12,7 @@ import asyncio
 import numpy as np
 
 from bot.audio import FRAME_SAMPLES
-from bot_harness import VOICE_RMS, find
+from tests.bot.bot_harness import VOICE_RMS, find
 
 
 async def test_say_sends_the_pipeline_audio_in_order_without_inserted_silence(harness, espeak_pipeline):

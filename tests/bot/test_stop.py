@@ -9,7 +9,7 @@ import numpy as np
 
 from testing.llm_server import Script
 from tts_server import text_pieces
-from bot_harness import VOICE_RMS
+from tests.bot.bot_harness import VOICE_RMS
 
 ENDLESS = "And then the story went on, and on, with more and more to tell. "
 

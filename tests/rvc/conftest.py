@@ -10,7 +10,6 @@ import pytest
 
 from testing import rvc_assets as ra
 
-sys.path.insert(0, str(Path(__file__).parent))  # for rvc_reference
 
 HUBERT_LAYERS = 2
 HUBERT_FFN = 512
@@ -58,6 +57,6 @@ def speech_16k(speech) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def reference():
-    from rvc_reference import Reference
+    from tests.rvc.rvc_reference import Reference
 
     return Reference()

@@ -16,7 +16,7 @@ def converter_with_f0_spy(assets, captured: list):
         captured.append((pitch.clone(), f0.clone()))
         return real_infer(features, pitch, f0, *args, **kwargs)  # the real network still runs
 
-    voice.synthesizer.infer = spying_infer
+    voice.synthesizer.infer = spying_infer  # type: ignore[method-assign]  # a spy in front of the real network
     return rvc.VoiceConverter(voice, rvc.load_content_encoder(assets["hubert"]), rvc.load_f0_estimator("pm"),
                               noise=False)
 

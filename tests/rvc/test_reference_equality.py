@@ -60,14 +60,14 @@ def test_content_features_equal_reference(reference, assets, speech_16k, hubert_
 
 
 def test_mel_filterbank_equals_transformers(reference):
-    from rvc_reference import transformers_mel
+    from tests.rvc.rvc_reference import transformers_mel
 
     ref = transformers_mel(sr=16000, n_fft=1024, n_mels=128, fmin=30, fmax=8000, htk=True)
     assert relative_error(mel_filterbank(), ref) <= 1e-6
 
 
 def test_rmvpe_f0_equals_reference(reference, assets, speech_16k):
-    from rvc_reference import transformers_mel
+    from tests.rvc.rvc_reference import transformers_mel
 
     ref_model = reference.rmvpe_model(assets["rmvpe"])
     # independent mel filters in the reference (ours are checked against them above)

@@ -39,7 +39,8 @@ async def collect(stream, until=Flushed, timeout_s=60.0) -> list:
         async for event in stream.events():
             events.append(event)
             if isinstance(event, until):
-                return events
+                break
+    return events
 
 
 @pytest.fixture

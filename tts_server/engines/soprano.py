@@ -36,6 +36,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -244,9 +245,10 @@ class SopranoEngine:
         hf_logging.set_verbosity_error()  # the loader's progress bars and notices are not ours to print
         hf_logging.disable_progress_bar()
         try:
-            self.lm, info = AutoModelForCausalLM.from_pretrained(
-                self.model_dir, dtype=self.dtype, output_loading_info=True
-            )
+            # With output_loading_info=True transformers returns (model, info); its type
+            # hints do not say so.
+            loaded: Any = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype, output_loading_info=True)
+            lm, info = loaded
         except Exception as exc:
             raise EngineLoadError(f"{weights}: cannot load the language model ({type(exc).__name__}: {exc})") from None
         finally:
@@ -255,7 +257,7 @@ class SopranoEngine:
         problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "mismatched_keys")}
         if problems:
             raise EngineLoadError(f"{weights}: weights do not match config.json: {problems}")
-        self.lm.to(self.device).eval()
+        self.lm: Any = lm.to(self.device).eval()
 
         decoder_file = self._file("decoder.pth")
         try:
@@ -335,7 +337,7 @@ class SopranoEngine:
         seen = torch.zeros(self.lm.lm_head.out_features, dtype=torch.bool, device=self.device)
         seen[torch.tensor(ids, device=self.device)] = True
         keep = min(_common_prefix(prefill.ids, ids), len(ids) - 1) if prefill is not None else 0
-        cache = prefill.cache if keep > 0 else DynamicCache(config=self.lm.config)
+        cache = prefill.cache if prefill is not None and keep > 0 else DynamicCache(config=self.lm.config)
         _crop(cache, keep)
         # No context manager may stay open across a `yield`: several streams' generators
         # interleave on one thread, and grad mode is per-thread state.
