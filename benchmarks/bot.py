@@ -86,8 +86,8 @@ def _first_sentence_token(tokens: list[str]) -> int:
 
 def build_models(root: Path, rvc: bool) -> tuple[Any, Any]:
     """Real-size random-weight Soprano (and RVC voice catalog); returns (engine, voices)."""
-    from tts_server.engines.soprano import SopranoEngine
     from testing.soprano_model import REAL_CONFIG, build_soprano_dir
+    from tts_server.engines.soprano import SopranoEngine
 
     soprano_dir = root / f"soprano-{SOPRANO_AUDIO_TOKENS}"
     if not (soprano_dir / "model.safetensors").exists():
@@ -115,18 +115,19 @@ async def run_scenario(name: str, engine: Any, voices: Any, replies: int) -> dic
     from bot.config import BotConfig, BotSettings, LLMSettings
     from bot.history import ConversationHistory
     from bot.llm import LLMClient
-    from testing.discord_voice import OfflineWorld, decode_packets
-    from testing.llm_server import LocalLLM, Script
-    from tts_server import text_pieces
     from bot.session import Services, SessionManager
     from bot.tts import EmbeddedTTS, measure
-    from tts_server import Pipeline
+    from testing.discord_voice import OfflineWorld, decode_packets
+    from testing.llm_server import LocalLLM, Script
+    from tts_server import Pipeline, text_pieces
 
     pipeline = Pipeline(engine, voices=voices)
     pipeline.start()
     llm_server = LocalLLM()
     await llm_server.start()
-    config = BotConfig(bot=BotSettings(history_messages=0), llm=LLMSettings(base_url=llm_server.base_url, timeout_s=60.0))
+    config = BotConfig(
+        bot=BotSettings(history_messages=0), llm=LLMSettings(base_url=llm_server.base_url, timeout_s=60.0)
+    )
     backend = EmbeddedTTS(pipeline)
     estimate = await measure(backend, "Warming up the pipeline. This is a second sentence.")
     gate = ImmediateStart if name.endswith("no-delay") else StartGate
@@ -164,18 +165,22 @@ async def run_scenario(name: str, engine: Any, voices: Any, replies: int) -> dic
             t_sentence = request.token_times[_first_sentence_token(tokens)]
             playback = reply.playback
             audio_s = reply.audio_s
-            rows.append({
-                "reply": i + 1,
-                "cmd_to_voice_ms": (decoded.times[first] - t_cmd) * 1000,
-                "sentence_to_voice_ms": (decoded.times[first] - t_sentence) * 1000,
-                "llm_done_ms": (request.finished_at - t_cmd) * 1000 if request.finished_at else None,
-                "silence_frames": playback.underrun_frames,
-                "first_stall_at_s": None if playback.first_underrun_at is None else playback.first_underrun_at / OUTPUT_SAMPLE_RATE,
-                "silent_packets": silent_inside,
-                "start_delay_ms": (reply.start_delay_s or 0.0) * 1000,
-                "audio_s": audio_s,
-                "rtf": services.estimate(None).rtf,
-            })
+            rows.append(
+                {
+                    "reply": i + 1,
+                    "cmd_to_voice_ms": (decoded.times[first] - t_cmd) * 1000,
+                    "sentence_to_voice_ms": (decoded.times[first] - t_sentence) * 1000,
+                    "llm_done_ms": (request.finished_at - t_cmd) * 1000 if request.finished_at else None,
+                    "silence_frames": playback.underrun_frames,
+                    "first_stall_at_s": None
+                    if playback.first_underrun_at is None
+                    else playback.first_underrun_at / OUTPUT_SAMPLE_RATE,
+                    "silent_packets": silent_inside,
+                    "start_delay_ms": (reply.start_delay_s or 0.0) * 1000,
+                    "audio_s": audio_s,
+                    "rtf": services.estimate(None).rtf,
+                }
+            )
             log.info("%s reply %d: %s", name, i + 1, rows[-1])
     finally:
         await sessions.aclose()
@@ -209,7 +214,9 @@ def format_table(summaries: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The results as a text table."""
     lines = [
         f"bot voice path on {meta['cpu']} ({meta['threads']} torch threads), LLM at {TOKENS_PER_S:.0f} tokens/s, "
-        f"medians over replies of ~{summaries[0]['audio_s']:.1f} s" if summaries else "",
+        f"medians over replies of ~{summaries[0]['audio_s']:.1f} s"
+        if summaries
+        else "",
         f"{'scenario':<22} {'rtf':>5} {'!speak→voice ms':>16} {'sentence→voice ms':>18} {'start delay ms':>15} "
         f"{'silence frames':>15} {'silent pkts':>12}",
     ]
@@ -235,8 +242,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             engine, factory = await asyncio.to_thread(build_models, root, "rvc" in name)
             results.append(await run_scenario(name, engine, factory, args.replies))
     summaries = [summarize(r) for r in results]
-    meta = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "tokens_per_s": TOKENS_PER_S, "soprano_audio_tokens": SOPRANO_AUDIO_TOKENS}
+    meta = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "tokens_per_s": TOKENS_PER_S,
+        "soprano_audio_tokens": SOPRANO_AUDIO_TOKENS,
+    }
     return {"meta": meta, "summary": summaries, "results": results}
 
 
@@ -250,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     out = asyncio.run(main_async(args))
-    print(format_table(out["summary"], out["meta"]))  # noqa: T201  (command-line output)
+    print(format_table(out["summary"], out["meta"]))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 

@@ -50,8 +50,9 @@ def _speech(seconds: float) -> np.ndarray:
     return resample(audio, sr, INPUT_RATE)[: int(seconds * INPUT_RATE)]
 
 
-def run(seconds: float = 3.0, f0_method: str = "pm", device: str = "cpu",
-        blocks_ms=BLOCKS_MS, contexts_ms=CONTEXTS_MS) -> dict:
+def run(
+    seconds: float = 3.0, f0_method: str = "pm", device: str = "cpu", blocks_ms=BLOCKS_MS, contexts_ms=CONTEXTS_MS
+) -> dict:
     """Run the benchmark; returns a JSON-serialisable dict (``rows`` holds one dict per setting)."""
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,29 +81,42 @@ def run(seconds: float = 3.0, f0_method: str = "pm", device: str = "cpu",
                 if len(out):
                     per_block.append(dt * 1000 / (len(out) // stream.block_samples))
             mean = float(np.mean(per_block)) if per_block else float("nan")
-            rows.append({
-                "block_ms": block_ms, "context_ms": context_ms, "rtf": total / duration,
-                "block_ms_mean": mean, "block_ms_p95": float(np.percentile(per_block, 95)) if per_block else None,
-                "added_latency_ms": block_ms + mean + stream.latency_samples * 1000 / stream.output_sample_rate,
-                "blocks": len(per_block),
-            })
+            rows.append(
+                {
+                    "block_ms": block_ms,
+                    "context_ms": context_ms,
+                    "rtf": total / duration,
+                    "block_ms_mean": mean,
+                    "block_ms_p95": float(np.percentile(per_block, 95)) if per_block else None,
+                    "added_latency_ms": block_ms + mean + stream.latency_samples * 1000 / stream.output_sample_rate,
+                    "blocks": len(per_block),
+                }
+            )
             log.info("block %d ms, context %d ms: rtf %.2f", block_ms, context_ms, rows[-1]["rtf"])
     return {
         "device": device if not device.startswith("cuda") else torch.cuda.get_device_name(),
-        "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(), "voice": "v2 48k (real size, random weights)",
-        "content_encoder": "HuBERT-base (real size, random weights)", "f0": f0_method,
-        "audio_seconds": duration, "rows": rows,
+        "dtype": str(dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "voice": "v2 48k (real size, random weights)",
+        "content_encoder": "HuBERT-base (real size, random weights)",
+        "f0": f0_method,
+        "audio_seconds": duration,
+        "rows": rows,
     }
 
 
 def format_table(result: dict) -> str:
-    lines = [f"RVC streaming on {result['device']} ({result['dtype']}, {result['threads']} threads), "
-             f"F0 {result['f0']}, {result['audio_seconds']:.1f} s of speech",
-             f"{'block ms':>8} {'context ms':>10} {'rtf':>6} {'ms/block':>9} {'p95':>7} {'added latency ms':>17}"]
+    lines = [
+        f"RVC streaming on {result['device']} ({result['dtype']}, {result['threads']} threads), "
+        f"F0 {result['f0']}, {result['audio_seconds']:.1f} s of speech",
+        f"{'block ms':>8} {'context ms':>10} {'rtf':>6} {'ms/block':>9} {'p95':>7} {'added latency ms':>17}",
+    ]
     for r in result["rows"]:
-        lines.append(f"{r['block_ms']:>8} {r['context_ms']:>10} {r['rtf']:>6.2f} {r['block_ms_mean']:>9.0f} "
-                     f"{r['block_ms_p95'] or float('nan'):>7.0f} {r['added_latency_ms']:>17.0f}")
+        lines.append(
+            f"{r['block_ms']:>8} {r['context_ms']:>10} {r['rtf']:>6.2f} {r['block_ms_mean']:>9.0f} "
+            f"{r['block_ms_p95'] or float('nan'):>7.0f} {r['added_latency_ms']:>17.0f}"
+        )
     return "\n".join(lines)
 
 
@@ -119,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.also_cuda and torch.cuda.is_available() and not args.device.startswith("cuda"):
         results.append(run(args.seconds, args.f0, "cuda"))
     for r in results:
-        print(format_table(r))  # noqa: T201  (command-line output)
+        print(format_table(r))
     if args.json:
         args.json.write_text(json.dumps(results if len(results) > 1 else results[0], indent=2))
 

@@ -85,12 +85,14 @@ async def _bench_server(model_dir: Path, sentences: list[str], token_interval_s:
                     elif isinstance(event, SegmentDone):
                         break
                 audio_s = samples / OUTPUT_SAMPLE_RATE
-                rows.append({
-                    "ttfa_ms": (first - sent) * 1000,
-                    "server_ttfa_ms": event.ttfa_ms,  # segment cut → first chunk queued, inside the server
-                    "rtf": (last - sent) / audio_s,
-                    "audio_s": audio_s,
-                })
+                rows.append(
+                    {
+                        "ttfa_ms": (first - sent) * 1000,
+                        "server_ttfa_ms": event.ttfa_ms,  # segment cut → first chunk queued, inside the server
+                        "rtf": (last - sent) / audio_s,
+                        "audio_s": audio_s,
+                    }
+                )
     finally:
         await server.close()
     return rows
@@ -139,8 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=48, help="audio tokens (64 ms) per sentence")
     parser.add_argument("--model-dir", type=Path, help="reuse/build the random real-size model here")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--token-interval-ms", type=float, default=25.0,
-                        help="time between LLM tokens sent to the server (25 ms = 40 tokens/s)")
+    parser.add_argument(
+        "--token-interval-ms",
+        type=float,
+        default=25.0,
+        help="time between LLM tokens sent to the server (25 ms = 40 tokens/s)",
+    )
     parser.add_argument("--no-prefill", action="store_true", help="switch off speculative prefill ([engine] prefill)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     args = parser.parse_args(argv)
@@ -151,10 +157,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     sentences = (SENTENCES * (args.sentences // len(SENTENCES) + 1))[: args.sentences]
     model_dir = _model_dir(args.model_dir, args.tokens)
-    ours = _summary(asyncio.run(_bench_server(model_dir, sentences, args.token_interval_ms / 1000, not args.no_prefill))[1:])
+    ours = _summary(
+        asyncio.run(_bench_server(model_dir, sentences, args.token_interval_ms / 1000, not args.no_prefill))[1:]
+    )
     reference = _summary(_bench_reference(model_dir, sentences)[1:])
     results = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
         "tokens_per_sentence": args.tokens,
         "token_interval_ms": args.token_interval_ms,
         "prefill": not args.no_prefill,
@@ -162,15 +174,25 @@ def main(argv: list[str] | None = None) -> int:
         "soprano_infer_stream": reference,
         "ttfa_ratio": reference["ttfa_ms_median"] / ours["ttfa_ms_median"],
     }
-    print(f"Soprano-1.1-80M configuration, random weights, {args.tokens} tokens ({args.tokens * 0.064:.2f} s) per sentence, "
-          f"{len(sentences) - 1} sentences, {torch.get_num_threads()} torch threads, "
-          f"LLM tokens every {args.token_interval_ms:g} ms, prefill {'off' if args.no_prefill else 'on'}")
+    print(
+        f"Soprano-1.1-80M configuration, random weights, {args.tokens} tokens "
+        f"({args.tokens * 0.064:.2f} s) per sentence, "
+        f"{len(sentences) - 1} sentences, {torch.get_num_threads()} torch threads, "
+        f"LLM tokens every {args.token_interval_ms:g} ms, prefill {'off' if args.no_prefill else 'on'}"
+    )
     print(f"{'path':<44} {'TTFA median':>12} {'TTFA min-max':>14} {'RTF median':>11}")
-    for name, row in (("server /ws/stream (token → first audio byte)", ours),
-                      ("soprano-tts infer_stream (call → 1st chunk)", reference)):
-        print(f"{name:<44} {row['ttfa_ms_median']:>9.0f} ms {row['ttfa_ms_min']:>6.0f}-{row['ttfa_ms_max']:<5.0f}ms {row['rtf_median']:>11.2f}")
-    print(f"TTFA ratio (infer_stream / server): {results['ttfa_ratio']:.2f}x; inside the server "
-          f"(segment cut → first chunk queued): {ours['server_internal_ttfa_ms_median']:.0f} ms")
+    for name, row in (
+        ("server /ws/stream (token → first audio byte)", ours),
+        ("soprano-tts infer_stream (call → 1st chunk)", reference),
+    ):
+        print(
+            f"{name:<44} {row['ttfa_ms_median']:>9.0f} ms "
+            f"{row['ttfa_ms_min']:>6.0f}-{row['ttfa_ms_max']:<5.0f}ms {row['rtf_median']:>11.2f}"
+        )
+    print(
+        f"TTFA ratio (infer_stream / server): {results['ttfa_ratio']:.2f}x; inside the server "
+        f"(segment cut → first chunk queued): {ours['server_internal_ttfa_ms_median']:.0f} ms"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -19,7 +19,9 @@ DEFAULT_CONFIG = Path("config.toml")
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="voice-bot", description="Discord bot that speaks an LLM's reply as it is written.")
+    parser = argparse.ArgumentParser(
+        prog="voice-bot", description="Discord bot that speaks an LLM's reply as it is written."
+    )
     parser.add_argument("--config", type=Path, help="TOML settings file (default: ./config.toml if present)")
     parser.add_argument("--tts-url", help="use a running tts-server at this ws:// URL instead of the embedded pipeline")
     parser.add_argument("--llm-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1")
@@ -53,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     token = os.environ.get("DISCORD_TOKEN", "").strip()
     if not token:
-        print("voice-bot: set DISCORD_TOKEN to the bot token from the Discord Developer Portal "
-              "(Applications → your app → Bot → Reset Token)", file=sys.stderr)
+        print(
+            "voice-bot: set DISCORD_TOKEN to the bot token from the Discord Developer Portal "
+            "(Applications → your app → Bot → Reset Token)",
+            file=sys.stderr,
+        )
         return 2
 
     import discord
@@ -71,11 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"voice-bot: cannot start the TTS engine: {exc}", file=sys.stderr)
         return 2
     except discord.LoginFailure:
-        print("voice-bot: Discord rejected DISCORD_TOKEN (reset it in the Developer Portal and try again)", file=sys.stderr)
+        print(
+            "voice-bot: Discord rejected DISCORD_TOKEN (reset it in the Developer Portal and try again)",
+            file=sys.stderr,
+        )
         return 2
     except discord.PrivilegedIntentsRequired:
-        print("voice-bot: enable the Message Content intent for the bot in the Discord Developer Portal "
-              "(Applications → your app → Bot → Privileged Gateway Intents)", file=sys.stderr)
+        print(
+            "voice-bot: enable the Message Content intent for the bot in the Discord Developer Portal "
+            "(Applications → your app → Bot → Privileged Gateway Intents)",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

@@ -101,7 +101,9 @@ async def warm_up(backend: TTSBackend, voice: str | None = None) -> RateEstimate
     except (TTSError, TimeoutError) as exc:
         log.warning("TTS warm-up failed (%s); replies will tell", exc)
         return RateEstimate()
-    log.info("TTS %s: rtf %.2f, %.3f s of speech per character", backend.description, estimate.rtf, estimate.seconds_per_char)
+    log.info(
+        "TTS %s: rtf %.2f, %.3f s of speech per character", backend.description, estimate.rtf, estimate.seconds_per_char
+    )
     return estimate
 
 
@@ -125,9 +127,21 @@ async def run(settings: Settings, token: str) -> None:
             await runner.setup()
             server = settings.pipeline.server
             await web.TCPSite(runner, server.host, server.port).start()
-            log.info("debug HTTP: http://%s:%d/health, ws://%s:%d/ws/stream", server.host, server.port, server.host, server.port)
-        services = Services(settings.bot, backend, llm, ConversationHistory(settings.bot.bot.history_messages), estimate,
-                            {voice: estimate} if estimate.segments else {})
+            log.info(
+                "debug HTTP: http://%s:%d/health, ws://%s:%d/ws/stream",
+                server.host,
+                server.port,
+                server.host,
+                server.port,
+            )
+        services = Services(
+            settings.bot,
+            backend,
+            llm,
+            ConversationHistory(settings.bot.bot.history_messages),
+            estimate,
+            {voice: estimate} if estimate.segments else {},
+        )
         bot = VoiceBot(settings.bot, SessionManager(services))
         log.info("TTS: %s; LLM: %s at %s", backend.description, settings.bot.llm.model, settings.bot.llm.base_url)
         async with bot:

@@ -32,7 +32,9 @@ Semitones = commands.Range[float, -PITCH_SHIFT_LIMIT, PITCH_SHIFT_LIMIT]
 
 def _unwrap(error: BaseException) -> BaseException:
     """The exception a command really raised (discord.py wraps it once or twice)."""
-    while isinstance(error, (commands.CommandInvokeError, commands.HybridCommandError, app_commands.CommandInvokeError)):
+    while isinstance(
+        error, (commands.CommandInvokeError, commands.HybridCommandError, app_commands.CommandInvokeError)
+    ):
         error = error.original
     return error
 
@@ -136,7 +138,11 @@ class VoiceCog(commands.Cog, name="Voice"):
         if report is None or not (report.interrupted or report.dropped):
             await ctx.send("Nothing to stop.")
             return
-        dropped = f" Dropped {report.dropped} queued {'reply' if report.dropped == 1 else 'replies'}." if report.dropped else ""
+        dropped = (
+            f" Dropped {report.dropped} queued {'reply' if report.dropped == 1 else 'replies'}."
+            if report.dropped
+            else ""
+        )
         await ctx.send(f"⏹ Stopped.{dropped}")
 
     @commands.hybrid_command()  # type: ignore[arg-type]  # mypy cannot solve discord.py's ParamSpec callback union
@@ -159,7 +165,8 @@ class VoiceCog(commands.Cog, name="Voice"):
     @commands.hybrid_command()  # type: ignore[arg-type]  # mypy cannot solve discord.py's ParamSpec callback union
     @commands.guild_only()
     @app_commands.describe(
-        semitones=f"Pitch shift from -{PITCH_SHIFT_LIMIT:g} to {PITCH_SHIFT_LIMIT:g} semitones; empty to show the current one"
+        semitones=f"Pitch shift from -{PITCH_SHIFT_LIMIT:g} to {PITCH_SHIFT_LIMIT:g} semitones; "
+        "empty to show the current one"
     )
     async def pitch(self, ctx: commands.Context[Any], semitones: Semitones | None = None) -> None:
         """Show or set this server's pitch shift, in semitones."""
@@ -174,7 +181,9 @@ class VoiceCog(commands.Cog, name="Voice"):
     # -- events and errors -------------------------------------------------------------------
 
     @commands.Cog.listener()
-    async def on_voice_state_update(self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState) -> None:
+    async def on_voice_state_update(
+        self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState
+    ) -> None:
         """Notice when the bot itself is disconnected from voice by someone else."""
         if self.bot.user is None or member.id != self.bot.user.id:
             return

@@ -62,7 +62,11 @@ class LLMClient:
         streamed = False
         try:
             stream = await self._client.chat.completions.create(
-                model=s.model, messages=messages, temperature=s.temperature, max_tokens=s.max_tokens, stream=True,
+                model=s.model,
+                messages=messages,
+                temperature=s.temperature,
+                max_tokens=s.max_tokens,
+                stream=True,
             )
             async with stream:
                 async for chunk in stream:

@@ -81,7 +81,9 @@ class RateEstimate:
     segments: int = 0
     alpha: float = field(default=0.3, repr=False)
 
-    def observe_segment(self, text: str, audio_samples: int, synth_ms: float, sample_rate: int = OUTPUT_SAMPLE_RATE) -> None:
+    def observe_segment(
+        self, text: str, audio_samples: int, synth_ms: float, sample_rate: int = OUTPUT_SAMPLE_RATE
+    ) -> None:
         """Fold in one synthesized segment (a ``SegmentDone`` event)."""
         audio_s = audio_samples / sample_rate
         if audio_s <= 0:

@@ -450,7 +450,11 @@ class GuildSession:
             if live is not None and reply is not None and reply.text:
                 await live.finish(reply.text + status)
             if error is not None:
-                message = str(error) if isinstance(error, BotError) else "something went wrong on my side (see the bot's log)."
+                message = (
+                    str(error)
+                    if isinstance(error, BotError)
+                    else "something went wrong on my side (see the bot's log)."
+                )
                 await job.send(f"⚠️ {message}")
             if reply is not None and reply.tts_errors:
                 await job.send(f"⚠️ {_skipped_message(reply.tts_errors)}")
@@ -467,8 +471,12 @@ class GuildSession:
         if reply is not None:
             log.info(
                 "guild %s: %s %s: %.2f s of audio, start delay %s, %d silence frames mid-reply",
-                self.guild_id, job.kind, job.outcome, reply.audio_s,
-                "n/a" if reply.start_delay_s is None else f"{reply.start_delay_s:.2f} s", reply.underrun_frames,
+                self.guild_id,
+                job.kind,
+                job.outcome,
+                reply.audio_s,
+                "n/a" if reply.start_delay_s is None else f"{reply.start_delay_s:.2f} s",
+                reply.underrun_frames,
             )
 
 

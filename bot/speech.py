@@ -188,7 +188,10 @@ class Reply:
             assert self._gate is not None
             log.debug(
                 "reply starts: %.2f s buffered of %.2f s received, rtf %.2f, %d chars to go (%.3f s/char)",
-                self.source.buffered_s, self.audio_s, self._gate.rtf(now), max(0, self.pushed_chars - self.done_chars),
+                self.source.buffered_s,
+                self.audio_s,
+                self._gate.rtf(now),
+                max(0, self.pushed_chars - self.done_chars),
                 self.estimate.seconds_per_char,
             )
 

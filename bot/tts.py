@@ -310,8 +310,13 @@ class RemoteConnection:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 self.next_attempt_at = time.monotonic() + delay
-                log.warning("%s: cannot connect to the TTS server at %s (%s); retrying in %.1f s",
-                            self.name, self.url, self.last_error, delay)
+                log.warning(
+                    "%s: cannot connect to the TTS server at %s (%s); retrying in %.1f s",
+                    self.name,
+                    self.url,
+                    self.last_error,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max_s)
                 continue
@@ -449,7 +454,9 @@ class RemoteTTS:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         try:
-            async with self._session.get(self.voices_url(), timeout=aiohttp.ClientTimeout(total=self.connect_timeout_s)) as r:
+            async with self._session.get(
+                self.voices_url(), timeout=aiohttp.ClientTimeout(total=self.connect_timeout_s)
+            ) as r:
                 r.raise_for_status()
                 listing = await r.json()
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
@@ -473,8 +480,13 @@ class RemoteTTS:
             self._session = None
 
 
-async def measure(backend: TTSBackend, text: str = "Hello there. This is a warm-up.", timeout_s: float = 120.0,
-                  estimate: RateEstimate | None = None, voice: str | None = None) -> RateEstimate:
+async def measure(
+    backend: TTSBackend,
+    text: str = "Hello there. This is a warm-up.",
+    timeout_s: float = 120.0,
+    estimate: RateEstimate | None = None,
+    voice: str | None = None,
+) -> RateEstimate:
     """Synthesize ``text`` once in ``voice`` and return the measured rtf, speech rate and chunk size.
 
     Used at start-up and when a server picks a new voice: it warms the pipeline up and

@@ -66,7 +66,16 @@ def load_checkpoint(path: str | os.PathLike, what: str) -> Any:
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise VoiceFileError(f"{what} file {p} cannot be read safely or is not a PyTorch checkpoint: {first}") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError,
-            TypeError, IndexError) as exc:
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        TypeError,
+        IndexError,
+    ) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise VoiceFileError(f"{what} file {p} is truncated or not a PyTorch checkpoint: {msg}") from exc

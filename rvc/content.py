@@ -46,8 +46,9 @@ class ContentEncoder(nn.Module):
         source: the file or directory it came from, for messages.
     """
 
-    def __init__(self, model, final_proj: nn.Linear | None, *, normalize_waveform: bool = False,
-                 source: Path | None = None) -> None:
+    def __init__(
+        self, model, final_proj: nn.Linear | None, *, normalize_waveform: bool = False, source: Path | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.final_proj = final_proj
@@ -102,6 +103,7 @@ class ContentEncoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------- fairseq → transformers
+
 
 def _parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
     """Evaluate fairseq's ``conv_feature_layers`` string (lists/tuples of ints, ``+``, ``*``) safely."""
@@ -183,8 +185,8 @@ def fairseq_to_transformers_key(key: str, pos_conv_g: str, pos_conv_v: str) -> s
 def _pos_conv_names(targets: dict) -> tuple[str, str]:
     """Names of the positional conv's weight-norm pair in this transformers version."""
     keys = [k for k in targets if k.startswith("encoder.pos_conv_embed.conv.")]
-    g = next(k for k in keys if k.endswith("original0") or k.endswith("weight_g"))
-    v = next(k for k in keys if k.endswith("original1") or k.endswith("weight_v"))
+    g = next(k for k in keys if k.endswith(("original0", "weight_g")))
+    v = next(k for k in keys if k.endswith(("original1", "weight_v")))
     return g, v
 
 
@@ -200,8 +202,7 @@ def _load_fairseq(path: Path) -> ContentEncoder:
     model_cfg, task_cfg = _fairseq_model_cfg(ckpt)
     if model_cfg.get("extractor_mode", "default") != "default" or model_cfg.get("layer_norm_first", False):
         raise VoiceFileError(
-            f"{path}: only HuBERT-base-style checkpoints are supported "
-            f"(extractor_mode=default, layer_norm_first=False)"
+            f"{path}: only HuBERT-base-style checkpoints are supported (extractor_mode=default, layer_norm_first=False)"
         )
     layer_ids = {int(m[1]) for k in state if (m := re.match(r"encoder\.layers\.(\d+)\.", k))}
     num_layers = max(layer_ids) + 1 if layer_ids else 0
@@ -244,8 +245,10 @@ def _load_fairseq(path: Path) -> ContentEncoder:
         raise VoiceFileError(f"{path}: HuBERT tensors missing, e.g. {missing[:3]}")
     bad = [k for k in mapped if k in targets and mapped[k].shape != targets[k].shape]
     if bad:
-        raise VoiceFileError(f"{path}: HuBERT tensor {bad[0]} has shape {tuple(mapped[bad[0]].shape)}, "
-                             f"expected {tuple(targets[bad[0]].shape)}")
+        raise VoiceFileError(
+            f"{path}: HuBERT tensor {bad[0]} has shape {tuple(mapped[bad[0]].shape)}, "
+            f"expected {tuple(targets[bad[0]].shape)}"
+        )
     model.load_state_dict(mapped, strict=False)
     final_proj = None
     if "final_proj.weight" in state:
@@ -275,15 +278,15 @@ def _load_transformers_dir(path: Path) -> ContentEncoder:
         )
     weights = _read_transformers_weights(path)
     prefix = "hubert." if any(k.startswith("hubert.") for k in weights) else ""
-    body = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    body = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
     model = HubertModel(config)
     targets = model.state_dict()
     pos_g, pos_v = _pos_conv_names(targets)
     renamed = {}
     for k, v in body.items():
-        if k.startswith("encoder.pos_conv_embed.conv.") and (k.endswith("weight_g") or k.endswith("original0")):
+        if k.startswith("encoder.pos_conv_embed.conv.") and (k.endswith(("weight_g", "original0"))):
             k = pos_g
-        elif k.startswith("encoder.pos_conv_embed.conv.") and (k.endswith("weight_v") or k.endswith("original1")):
+        elif k.startswith("encoder.pos_conv_embed.conv.") and (k.endswith(("weight_v", "original1"))):
             k = pos_v
         if k in targets:
             renamed[k] = v.float()
@@ -292,16 +295,20 @@ def _load_transformers_dir(path: Path) -> ContentEncoder:
         raise VoiceFileError(f"HuBERT directory {path}: tensors missing, e.g. {missing[:3]}")
     bad = [k for k in renamed if renamed[k].shape != targets[k].shape]
     if bad:
-        raise VoiceFileError(f"HuBERT directory {path}: tensor {bad[0]} has shape {tuple(renamed[bad[0]].shape)}, "
-                             f"expected {tuple(targets[bad[0]].shape)}")
+        raise VoiceFileError(
+            f"HuBERT directory {path}: tensor {bad[0]} has shape {tuple(renamed[bad[0]].shape)}, "
+            f"expected {tuple(targets[bad[0]].shape)}"
+        )
     model.load_state_dict(renamed, strict=False)
     final_proj = None
     w = weights.get("final_proj.weight", body.get("final_proj.weight"))
     if w is not None:
         b = weights.get("final_proj.bias", body.get("final_proj.bias"))
         if tuple(w.shape) != (PROJECTED_SIZE, HIDDEN_SIZE):
-            raise VoiceFileError(f"HuBERT directory {path}: final_proj is {tuple(w.shape)}, "
-                                 f"RVC v1 needs ({PROJECTED_SIZE}, {HIDDEN_SIZE})")
+            raise VoiceFileError(
+                f"HuBERT directory {path}: final_proj is {tuple(w.shape)}, "
+                f"RVC v1 needs ({PROJECTED_SIZE}, {HIDDEN_SIZE})"
+            )
         if b is None:
             raise VoiceFileError(f"HuBERT directory {path}: final_proj.weight has no final_proj.bias")
         final_proj = nn.Linear(HIDDEN_SIZE, PROJECTED_SIZE)
@@ -348,6 +355,10 @@ def load_content_encoder(
         raise VoiceFileError(f"HuBERT file {p} does not exist")
     encoder = _load_transformers_dir(p) if p.is_dir() else _load_fairseq(p)
     encoder.eval().to(device=device, dtype=dtype)
-    log.info("loaded content encoder %s: %d layers%s", p, encoder.num_layers,
-             ", with final_proj" if encoder.final_proj is not None else "")
+    log.info(
+        "loaded content encoder %s: %d layers%s",
+        p,
+        encoder.num_layers,
+        ", with final_proj" if encoder.final_proj is not None else "",
+    )
     return encoder

@@ -97,8 +97,9 @@ class VoiceConverter:
         if voice.f0 and f0_estimator is None:
             raise ValueError(f"voice {voice.name} is pitch-guided: an F0 estimator is required")
         if not 0 <= speaker_id < voice.synthesizer.emb_g.num_embeddings:
-            raise ValueError(f"speaker_id {speaker_id} is outside the voice's "
-                             f"{voice.synthesizer.emb_g.num_embeddings} speakers")
+            raise ValueError(
+                f"speaker_id {speaker_id} is outside the voice's {voice.synthesizer.emb_g.num_embeddings} speakers"
+            )
         if not 0.0 <= protect <= 0.5:
             raise ValueError(f"protect must be within 0..0.5, got {protect}")
         self.voice = voice
@@ -123,7 +124,9 @@ class VoiceConverter:
 
     # ---------------------------------------------------------------- steps (shared with streaming)
 
-    def features(self, audio_16k: np.ndarray | torch.Tensor, *, retrieve_from: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(
+        self, audio_16k: np.ndarray | torch.Tensor, *, retrieve_from: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Content features at 50 frames/s, with index retrieval.
 
         Args:
@@ -149,8 +152,10 @@ class VoiceConverter:
     def pitch(self, f0: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``(T,)`` F0 in Hz → ``(1, T)`` int64 coarse pitch and ``(1, T)`` float32 F0 on the device."""
         dev = self.voice.device
-        return (torch.from_numpy(coarse_pitch(f0))[None].to(dev),
-                torch.from_numpy(np.asarray(f0, dtype=np.float32))[None].to(dev))
+        return (
+            torch.from_numpy(coarse_pitch(f0))[None].to(dev),
+            torch.from_numpy(np.asarray(f0, dtype=np.float32))[None].to(dev),
+        )
 
     def synthesize(
         self,
@@ -186,8 +191,15 @@ class VoiceConverter:
                 feats = feats * keep + raw_up * (1 - keep)
         with torch.inference_mode():
             out = self.voice.synthesizer.infer(
-                feats, pitch, pitchf, self.speaker_id, skip_head=skip_head, return_length=return_length,
-                noise=self.noise, generator=generator, phase0=phase0,
+                feats,
+                pitch,
+                pitchf,
+                self.speaker_id,
+                skip_head=skip_head,
+                return_length=return_length,
+                noise=self.noise,
+                generator=generator,
+                phase0=phase0,
             )
         return out[0].cpu().numpy()
 
@@ -232,7 +244,7 @@ class VoiceConverter:
         generator = self.new_generator()
         pieces = []
         start = 0
-        for cut in cuts + [None]:
+        for cut in [*cuts, None]:
             if cut is None:
                 chunk = padded[start:]
                 chunk_f0 = f0[start // win :] if f0 is not None else None

@@ -69,8 +69,12 @@ class PraatF0(F0Estimator):
         x = np.asarray(audio_16k, dtype=np.float64)
         f0 = (
             parselmouth.Sound(x, F0_SAMPLE_RATE)
-            .to_pitch_ac(time_step=F0_HOP_LENGTH / F0_SAMPLE_RATE, voicing_threshold=0.6,
-                         pitch_floor=F0_MIN, pitch_ceiling=F0_MAX)
+            .to_pitch_ac(
+                time_step=F0_HOP_LENGTH / F0_SAMPLE_RATE,
+                voicing_threshold=0.6,
+                pitch_floor=F0_MIN,
+                pitch_ceiling=F0_MAX,
+            )
             .selected_array["frequency"]
         )
         # Praat's first frame sits half its window after the start: centre the track
@@ -93,8 +97,13 @@ class RMVPEF0(F0Estimator):
 
     name = "rmvpe"
 
-    def __init__(self, net: RMVPENet, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 threshold: float = 0.03) -> None:
+    def __init__(
+        self,
+        net: RMVPENet,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        threshold: float = 0.03,
+    ) -> None:
         self.net = net.eval().to(device=device, dtype=dtype)
         self.mel = LogMel().to(device)
         self.device = torch.device(device)

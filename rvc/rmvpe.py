@@ -33,8 +33,13 @@ _CENTS_OFFSET = 1997.3794084376191  # cents of bin 0, relative to 10 Hz
 _CENTS_PER_BIN = 20.0
 
 
-def mel_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS,
-                   fmin: float = MEL_FMIN, fmax: float = MEL_FMAX) -> np.ndarray:
+def mel_filterbank(
+    sample_rate: int = SAMPLE_RATE,
+    n_fft: int = N_FFT,
+    n_mels: int = N_MELS,
+    fmin: float = MEL_FMIN,
+    fmax: float = MEL_FMAX,
+) -> np.ndarray:
     """Triangular mel filters on the HTK mel scale with Slaney area normalisation.
 
     The same filters as ``librosa.filters.mel(..., htk=True)`` (its default
@@ -43,6 +48,7 @@ def mel_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: i
     Returns:
         ``(n_mels, n_fft // 2 + 1)`` float32 weights.
     """
+
     def hz_to_mel(f):
         return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
 
@@ -72,8 +78,15 @@ class LogMel(nn.Module):
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """``(B, N)`` float32 → ``(B, 128, 1 + N // 160)`` float32 (centred frames)."""
-        spec = torch.stft(audio.float(), N_FFT, hop_length=HOP_LENGTH, win_length=N_FFT,
-                          window=self.window, center=True, return_complex=True)
+        spec = torch.stft(
+            audio.float(),
+            N_FFT,
+            hop_length=HOP_LENGTH,
+            win_length=N_FFT,
+            window=self.window,
+            center=True,
+            return_complex=True,
+        )
         magnitude = torch.sqrt(spec.real.pow(2) + spec.imag.pow(2))  # as upstream, rather than hypot
         return torch.log(torch.clamp(self.mel_basis @ magnitude, min=1e-5))
 
@@ -84,8 +97,12 @@ class ResidualConvBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out, momentum=_BN_MOMENTUM), nn.ReLU(),
-            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out, momentum=_BN_MOMENTUM), nn.ReLU(),
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out, momentum=_BN_MOMENTUM),
+            nn.ReLU(),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out, momentum=_BN_MOMENTUM),
+            nn.ReLU(),
         )
         if c_in != c_out:
             self.shortcut = nn.Conv2d(c_in, c_out, 1)
@@ -100,8 +117,9 @@ class ResidualStage(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, n_blocks: int, pool: bool) -> None:
         super().__init__()
-        self.conv = nn.ModuleList([ResidualConvBlock(c_in, c_out)] +
-                                  [ResidualConvBlock(c_out, c_out) for _ in range(n_blocks - 1)])
+        self.conv = nn.ModuleList(
+            [ResidualConvBlock(c_in, c_out)] + [ResidualConvBlock(c_out, c_out) for _ in range(n_blocks - 1)]
+        )
         self.pool = nn.AvgPool2d(2) if pool else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,10 +171,12 @@ class UpStage(nn.Module):
         super().__init__()
         self.conv1 = nn.Sequential(
             nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1, bias=False),
-            nn.BatchNorm2d(c_out, momentum=_BN_MOMENTUM), nn.ReLU(),
+            nn.BatchNorm2d(c_out, momentum=_BN_MOMENTUM),
+            nn.ReLU(),
         )
-        self.conv2 = nn.ModuleList([ResidualConvBlock(c_out * 2, c_out)] +
-                                   [ResidualConvBlock(c_out, c_out) for _ in range(n_blocks - 1)])
+        self.conv2 = nn.ModuleList(
+            [ResidualConvBlock(c_out * 2, c_out)] + [ResidualConvBlock(c_out, c_out) for _ in range(n_blocks - 1)]
+        )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = torch.cat((self.conv1(x), skip), dim=1)
@@ -171,7 +191,7 @@ class UpPath(nn.Module):
         self.layers = nn.ModuleList(UpStage(c_in // 2**i, c_in // 2 ** (i + 1), n_blocks) for i in range(n_stages))
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        for stage, skip in zip(self.layers, reversed(skips)):
+        for stage, skip in zip(self.layers, reversed(skips), strict=True):
             x = stage(x, skip)
         return x
 

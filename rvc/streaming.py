@@ -45,7 +45,7 @@ _F0_EDGE_FRAMES = {"pm": 3, "rmvpe": 2}  # trailing frames whose F0 window is cu
 
 
 def _frames(ms: float, name: str, minimum: int) -> int:
-    n = int(round(ms / 10.0))
+    n = round(ms / 10.0)
     if n < minimum:
         raise ValueError(f"{name} must be at least {minimum * 10} ms, got {ms}")
     return n
@@ -121,8 +121,11 @@ class StreamingConverter:
 
     def reset(self) -> None:
         """Forget the stream: empty buffers, pitch cache, phase and SOLA state."""
-        self._resampler = soxr.ResampleStream(self.input_sample_rate, CONTENT_SAMPLE_RATE, 1, dtype="float32",
-                                              quality="HQ") if self.input_sample_rate != CONTENT_SAMPLE_RATE else None
+        self._resampler = (
+            soxr.ResampleStream(self.input_sample_rate, CONTENT_SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+            if self.input_sample_rate != CONTENT_SAMPLE_RATE
+            else None
+        )
         self._pending = np.zeros(0, dtype=np.float32)
         self._buffer = np.zeros(self.buffer_frames * _FRAME, dtype=np.float32)
         self._f0 = np.zeros(self.buffer_frames, dtype=np.float64)
@@ -173,8 +176,12 @@ class StreamingConverter:
         pitch_shift = self._pitch_shift if pitch_shift is None else pitch_shift
         shift_f0(np.zeros(1), pitch_shift)
         if self._resampler is not None:
-            self._pending = np.concatenate([self._pending, self._resampler.resample_chunk(
-                np.zeros(0, dtype=np.float32), last=True).astype(np.float32)])
+            self._pending = np.concatenate(
+                [
+                    self._pending,
+                    self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True).astype(np.float32),
+                ]
+            )
         out = []
         if self._pending.size:
             block = self.block_frames * _FRAME
@@ -231,8 +238,15 @@ class StreamingConverter:
             reps = half - blended.shape[1]
             blended = torch.cat([blended, blended[:, -1:].expand(-1, reps, -1)], dim=1)
             raw = torch.cat([raw, raw[:, -1:].expand(-1, reps, -1)], dim=1)
-        wav = conv.synthesize(blended, raw, f0, skip_head=self.skip_frames, return_length=self.return_frames,
-                              generator=self._generator, phase0=self._phase)
+        wav = conv.synthesize(
+            blended,
+            raw,
+            f0,
+            skip_head=self.skip_frames,
+            return_length=self.return_frames,
+            generator=self._generator,
+            phase0=self._phase,
+        )
         if f0 is not None:
             region = f0[self.skip_frames : self.skip_frames + self.block_frames]
             self._phase = math.fmod(self._phase + float(np.sum(region)) * self.hop / conv.sample_rate, 1.0)

@@ -77,8 +77,10 @@ class SynthesizerConfig:
             ValueError: not 18 items, or items of the wrong kind.
         """
         if not isinstance(values, (list, tuple)) or len(values) != 18:
-            raise ValueError(f"'config' must be a list of 18 items, got {type(values).__name__} "
-                             f"of length {len(values) if hasattr(values, '__len__') else '?'}")
+            raise ValueError(
+                f"'config' must be a list of 18 items, got {type(values).__name__} "
+                f"of length {len(values) if hasattr(values, '__len__') else '?'}"
+            )
         v = list(values)
         sr = v[17]
         if isinstance(sr, str):
@@ -112,12 +114,24 @@ class SynthesizerConfig:
     def to_list(self) -> list:
         """The 18-item list as stored in a ``.pth`` (lists, not tuples, like upstream)."""
         return [
-            self.spec_channels, self.segment_size, self.inter_channels, self.hidden_channels,
-            self.filter_channels, self.n_heads, self.n_layers, self.kernel_size, self.p_dropout,
-            self.resblock, list(self.resblock_kernel_sizes),
-            [list(d) for d in self.resblock_dilation_sizes], list(self.upsample_rates),
-            self.upsample_initial_channel, list(self.upsample_kernel_sizes),
-            self.spk_embed_dim, self.gin_channels, self.sample_rate,
+            self.spec_channels,
+            self.segment_size,
+            self.inter_channels,
+            self.hidden_channels,
+            self.filter_channels,
+            self.n_heads,
+            self.n_layers,
+            self.kernel_size,
+            self.p_dropout,
+            self.resblock,
+            list(self.resblock_kernel_sizes),
+            [list(d) for d in self.resblock_dilation_sizes],
+            list(self.upsample_rates),
+            self.upsample_initial_channel,
+            list(self.upsample_kernel_sizes),
+            self.spk_embed_dim,
+            self.gin_channels,
+            self.sample_rate,
         ]
 
     @property
@@ -220,7 +234,9 @@ class AttentionStack(nn.Module):
         self.norm_layers_2 = nn.ModuleList(ChannelLayerNorm(channels) for _ in range(n_layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for attn, norm1, ffn, norm2 in zip(self.attn_layers, self.norm_layers_1, self.ffn_layers, self.norm_layers_2):
+        for attn, norm1, ffn, norm2 in zip(
+            self.attn_layers, self.norm_layers_1, self.ffn_layers, self.norm_layers_2, strict=True
+        ):
             x = norm1(x + attn(x))
             x = norm2(x + ffn(x))
         return x
@@ -276,7 +292,7 @@ class WaveNetStack(nn.Module):
         cond = self.cond_layer(g)
         out = torch.zeros_like(x)
         last = len(self.in_layers) - 1
-        for i, (in_layer, res_skip) in enumerate(zip(self.in_layers, self.res_skip_layers)):
+        for i, (in_layer, res_skip) in enumerate(zip(self.in_layers, self.res_skip_layers, strict=True)):
             a = in_layer(x) + cond[:, 2 * c * i : 2 * c * (i + 1)]
             acts = torch.tanh(a[:, :c]) * torch.sigmoid(a[:, c:])
             rs = res_skip(acts)
@@ -349,7 +365,7 @@ class ResBlockDilated(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "1":
-            for c1, c2 in zip(self.convs1, self.convs2):
+            for c1, c2 in zip(self.convs1, self.convs2, strict=True):
                 y = c1(F.leaky_relu(x, _LRELU_SLOPE))
                 x = x + c2(F.leaky_relu(y, _LRELU_SLOPE))
         else:
@@ -417,7 +433,7 @@ class Vocoder(nn.Module):
             self.m_source = HarmonicSource(cfg.sample_rate)
             self.noise_convs = nn.ModuleList()
         rates = cfg.upsample_rates
-        for i, (u, k) in enumerate(zip(rates, cfg.upsample_kernel_sizes)):
+        for i, (u, k) in enumerate(zip(rates, cfg.upsample_kernel_sizes, strict=True)):
             c_in, c_out = ch0 // 2**i, ch0 // 2 ** (i + 1)
             self.ups.append(nn.ConvTranspose1d(c_in, c_out, k, u, padding=(k - u) // 2))
             if use_pitch:
@@ -426,7 +442,7 @@ class Vocoder(nn.Module):
                     self.noise_convs.append(nn.Conv1d(1, c_out, stride * 2, stride=stride, padding=stride // 2))
                 else:
                     self.noise_convs.append(nn.Conv1d(1, c_out, 1))
-            for ks, ds in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes):
+            for ks, ds in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes, strict=True):
                 self.resblocks.append(ResBlockDilated(c_out, ks, ds, cfg.resblock))
         self.conv_post = nn.Conv1d(ch0 // 2 ** len(rates), 1, 7, padding=3, bias=False)
         self.cond = nn.Conv1d(cfg.gin_channels, ch0, 1)
@@ -541,7 +557,10 @@ class Synthesizer(nn.Module):
             if f0 is None:
                 raise ValueError("a pitch-guided voice needs f0")
             source = self.dec.m_source(
-                f0[:, skip_head : skip_head + return_length], self.hop_length,
-                noise=noise, generator=generator, phase0=phase0,
+                f0[:, skip_head : skip_head + return_length],
+                self.hop_length,
+                noise=noise,
+                generator=generator,
+                phase0=phase0,
             )
         return self.dec(z, g, source)[:, 0].float()

@@ -49,8 +49,10 @@ def fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
-        for g_suffix, v_suffix in ((".weight_g", ".weight_v"),
-                                   (".parametrizations.weight.original0", ".parametrizations.weight.original1")):
+        for g_suffix, v_suffix in (
+            (".weight_g", ".weight_v"),
+            (".parametrizations.weight.original0", ".parametrizations.weight.original1"),
+        ):
             if key.endswith(g_suffix):
                 pairs.setdefault(key[: -len(g_suffix)], {})["g"] = value
                 break
@@ -237,8 +239,12 @@ def load_voice(
     use_pitch = "enc_p.emb_pitch.weight" in weights
     declared_f0 = ckpt.get("f0", 1)
     if bool(declared_f0) != use_pitch:
-        log.warning("%s declares f0=%r but its weights are %s pitch guidance", p, declared_f0,
-                    "with" if use_pitch else "without")
+        log.warning(
+            "%s declares f0=%r but its weights are %s pitch guidance",
+            p,
+            declared_f0,
+            "with" if use_pitch else "without",
+        )
     sr_field = ckpt.get("sr")
     if isinstance(sr_field, str) and SAMPLE_RATES.get(sr_field, cfg.sample_rate) != cfg.sample_rate:
         log.warning("%s: 'sr' says %s but config says %d Hz; using the config", p, sr_field, cfg.sample_rate)
@@ -257,9 +263,7 @@ def load_voice(
     bad = [(k, tuple(weights[k].shape), tuple(t.shape)) for k, t in expected.items() if weights[k].shape != t.shape]
     if bad:
         k, got, want = bad[0]
-        raise VoiceFileError(
-            f"{p}: {len(bad)} tensors do not match the config, e.g. {k} is {got}, expected {want}"
-        )
+        raise VoiceFileError(f"{p}: {len(bad)} tensors do not match the config, e.g. {k} is {got}, expected {want}")
     net.load_state_dict({k: weights[k].float() for k in expected})
     net.eval().to(device=device, dtype=dtype)
 
@@ -268,9 +272,23 @@ def load_voice(
         index = load_index(index_path, expected_dim=net.feature_dim)
     meta = {k: v for k, v in ckpt.items() if k != "weight" and isinstance(v, (str, int, float))}
     voice = Voice(
-        name=p.stem, path=p, sample_rate=cfg.sample_rate, version=version, f0=use_pitch,
-        synthesizer=net, index=index, index_rate=index_rate, info=str(ckpt.get("info", "")), metadata=meta,
+        name=p.stem,
+        path=p,
+        sample_rate=cfg.sample_rate,
+        version=version,
+        f0=use_pitch,
+        synthesizer=net,
+        index=index,
+        index_rate=index_rate,
+        info=str(ckpt.get("info", "")),
+        metadata=meta,
     )
-    log.info("loaded voice %s: %s, %d Hz, %s pitch guidance%s", voice.name, version, voice.sample_rate,
-             "with" if use_pitch else "without", f", index {index.path.name}" if index else "")
+    log.info(
+        "loaded voice %s: %s, %d Hz, %s pitch guidance%s",
+        voice.name,
+        version,
+        voice.sample_rate,
+        "with" if use_pitch else "without",
+        f", index {index.path.name}" if index else "",
+    )
     return voice

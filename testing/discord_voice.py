@@ -183,8 +183,10 @@ def decode_packets(packets: list[tuple[float, bytes]], secret_key: list[int]) ->
         seqs.append(seq)
         stamps.append(stamp)
     return Decoded(
-        np.asarray(times), np.asarray(frames, dtype=np.float32).reshape(-1, 960),
-        np.asarray(seqs), np.asarray(stamps),
+        np.asarray(times),
+        np.asarray(frames, dtype=np.float32).reshape(-1, 960),
+        np.asarray(seqs),
+        np.asarray(stamps),
     )
 
 
@@ -293,8 +295,15 @@ class OfflineVoiceChannel:
     def _get_voice_client_key(self) -> tuple[int, str]:
         return self.guild.id, "guild_id"
 
-    async def connect(self, *, timeout: float = 30.0, reconnect: bool = True, self_deaf: bool = False,
-                      self_mute: bool = False, **_: Any) -> RecordingVoiceClient:
+    async def connect(
+        self,
+        *,
+        timeout: float = 30.0,
+        reconnect: bool = True,
+        self_deaf: bool = False,
+        self_mute: bool = False,
+        **_: Any,
+    ) -> RecordingVoiceClient:
         """Connect: a :class:`RecordingVoiceClient`, or ``connect_error`` raised."""
         if self.connect_error is not None:
             raise self.connect_error
@@ -343,8 +352,9 @@ class OfflineWorld:
         voice = OfflineVoiceChannel(guild, self.client, name=f"{name}-voice", player_timeout_s=self.player_timeout_s)
         return guild, voice, OfflineTextChannel(name=f"{name}-text")
 
-    def context(self, guild: OfflineGuild, text: OfflineTextChannel, voice: OfflineVoiceChannel | None,
-                name: str = "Ada") -> OfflineContext:
+    def context(
+        self, guild: OfflineGuild, text: OfflineTextChannel, voice: OfflineVoiceChannel | None, name: str = "Ada"
+    ) -> OfflineContext:
         """A command context of a member who is in ``voice`` (or in no voice channel)."""
         member = OfflineMember(display_name=name, guild=guild, voice=OfflineVoiceState(voice) if voice else None)
         return OfflineContext(guild, member, text)

@@ -105,7 +105,13 @@ class LocalLLM:
         script = self.respond(body)
         if script.status != 200:
             return web.json_response(
-                {"error": {"message": f"scripted failure {script.status}", "type": "server_error", "code": script.status}},
+                {
+                    "error": {
+                        "message": f"scripted failure {script.status}",
+                        "type": "server_error",
+                        "code": script.status,
+                    }
+                },
                 status=script.status,
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -145,9 +151,14 @@ class LocalLLM:
         return response
 
     @staticmethod
-    async def _event(response: web.StreamResponse, delta: dict[str, Any], model: str, finish: str | None = None) -> None:
+    async def _event(
+        response: web.StreamResponse, delta: dict[str, Any], model: str, finish: str | None = None
+    ) -> None:
         chunk = {
-            "id": "chatcmpl-local", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "id": "chatcmpl-local",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
         await response.write(f"data: {json.dumps(chunk)}\n\n".encode())

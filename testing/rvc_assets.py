@@ -36,9 +36,15 @@ from rvc.rmvpe import RMVPENet
 from rvc.synthesizer import Synthesizer, SynthesizerConfig
 
 __all__ = [
-    "voice_config", "build_voice_checkpoint", "write_voice", "write_index",
-    "build_fairseq_hubert_state", "write_fairseq_hubert", "write_transformers_hubert",
-    "build_rmvpe_state", "write_rmvpe",
+    "build_fairseq_hubert_state",
+    "build_rmvpe_state",
+    "build_voice_checkpoint",
+    "voice_config",
+    "write_fairseq_hubert",
+    "write_index",
+    "write_rmvpe",
+    "write_transformers_hubert",
+    "write_voice",
 ]
 
 # upsampling of the decoder by (version, sample rate): rates, kernel sizes, spec_channels
@@ -65,10 +71,28 @@ def voice_config(version: str = "v2", sample_rate: int = 48000, *, small: bool =
     else:
         inter, hidden, filt, heads, layers, up0, gin = 192, 192, 768, 2, 6, 512, 256
     segment = {32000: 40, 40000: 32, 48000: 36}[sample_rate]
-    return SynthesizerConfig.from_list([
-        spec, segment, inter, hidden, filt, heads, layers, 3, 0, "1", [3, 7, 11],
-        [[1, 3, 5], [1, 3, 5], [1, 3, 5]], rates, up0, kernels, 109, gin, sample_rate,
-    ])
+    return SynthesizerConfig.from_list(
+        [
+            spec,
+            segment,
+            inter,
+            hidden,
+            filt,
+            heads,
+            layers,
+            3,
+            0,
+            "1",
+            [3, 7, 11],
+            [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+            rates,
+            up0,
+            kernels,
+            109,
+            gin,
+            sample_rate,
+        ]
+    )
 
 
 def _randomize(net: Synthesizer, gen: torch.Generator) -> None:
@@ -77,7 +101,7 @@ def _randomize(net: Synthesizer, gen: torch.Generator) -> None:
         for name, p in net.named_parameters():
             if name.endswith("gamma"):
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            elif name.endswith("bias") or name.endswith("beta"):
+            elif name.endswith(("bias", "beta")):
                 p.copy_(0.05 * torch.randn(p.shape, generator=gen))
             elif name.startswith("dec.") and p.dim() == 3:
                 # HiFi-GAN init is N(0, 0.01); a bit larger keeps a random vocoder audible
@@ -152,8 +176,9 @@ def write_voice(path: str | Path, version: str = "v2", sample_rate: int = 48000,
     return path
 
 
-def write_index(path: str | Path, dim: int = 768, *, n_vectors: int = 400, n_lists: int | None = None,
-                seed: int = 0) -> Path:
+def write_index(
+    path: str | Path, dim: int = 768, *, n_vectors: int = 400, n_lists: int | None = None, seed: int = 0
+) -> Path:
     """Write a faiss ``IVF{n},Flat`` index like the WebUI's ``added_*.index`` (nprobe 1)."""
     import faiss
 
@@ -178,7 +203,7 @@ class _FairseqDictionary:
 
     def __init__(self, symbols: list[str]) -> None:
         self.bos_word, self.unk_word, self.pad_word, self.eos_word = "<s>", "<unk>", "<pad>", "</s>"
-        self.symbols = ["<s>", "<pad>", "</s>", "<unk>"] + symbols
+        self.symbols = ["<s>", "<pad>", "</s>", "<unk>", *symbols]
         self.count = [1] * len(self.symbols)
         self.indices = {s: i for i, s in enumerate(self.symbols)}
         self.bos_index, self.pad_index, self.eos_index, self.unk_index = 0, 1, 2, 3
@@ -214,8 +239,9 @@ def _pickle_as_fairseq():
             sys.modules.pop(n, None)
 
 
-def build_fairseq_hubert_state(*, num_layers: int = 12, hidden: int = 768, ffn: int = 3072,
-                               final_dim: int = 256, seed: int = 0) -> OrderedDict:
+def build_fairseq_hubert_state(
+    *, num_layers: int = 12, hidden: int = 768, ffn: int = 3072, final_dim: int = 256, seed: int = 0
+) -> OrderedDict:
     """A fairseq ``HubertModel`` state_dict (``hubert_base.pt``'s ``model``) with random values.
 
     Key names and shapes follow fairseq's ``HubertModel`` with the base configuration:
@@ -269,8 +295,9 @@ def build_fairseq_hubert_state(*, num_layers: int = 12, hidden: int = 768, ffn: 
     return sd
 
 
-def write_fairseq_hubert(path: str | Path, *, num_layers: int = 12, hidden: int = 768, ffn: int = 3072,
-                         seed: int = 0, fp16: bool = True) -> Path:
+def write_fairseq_hubert(
+    path: str | Path, *, num_layers: int = 12, hidden: int = 768, ffn: int = 3072, seed: int = 0, fp16: bool = True
+) -> Path:
     """Write a fairseq HuBERT checkpoint in the layout of ``hubert_base.pt``.
 
     ``num_layers=12, hidden=768, ffn=3072`` is the real size (~95 M parameters); tests
@@ -280,31 +307,76 @@ def write_fairseq_hubert(path: str | Path, *, num_layers: int = 12, hidden: int 
     if fp16:
         state = OrderedDict((k, v.half()) for k, v in state.items())
     model_cfg = {
-        "_name": "hubert", "label_rate": 50.0, "extractor_mode": "default",
-        "encoder_layers": num_layers, "encoder_embed_dim": hidden, "encoder_ffn_embed_dim": ffn,
-        "encoder_attention_heads": 12, "activation_fn": "gelu", "dropout": 0.1, "attention_dropout": 0.1,
-        "activation_dropout": 0.0, "encoder_layerdrop": 0.05, "dropout_input": 0.1, "dropout_features": 0.1,
-        "final_dim": 256, "untie_final_proj": False, "layer_norm_first": False,
-        "conv_feature_layers": "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2", "conv_bias": False,
-        "logit_temp": 0.1, "target_glu": False, "feature_grad_mult": 0.1, "mask_length": 10, "mask_prob": 0.8,
-        "conv_pos": 128, "conv_pos_groups": 16, "latent_temp": [2.0, 0.5, 0.999995], "skip_masked": False,
+        "_name": "hubert",
+        "label_rate": 50.0,
+        "extractor_mode": "default",
+        "encoder_layers": num_layers,
+        "encoder_embed_dim": hidden,
+        "encoder_ffn_embed_dim": ffn,
+        "encoder_attention_heads": 12,
+        "activation_fn": "gelu",
+        "dropout": 0.1,
+        "attention_dropout": 0.1,
+        "activation_dropout": 0.0,
+        "encoder_layerdrop": 0.05,
+        "dropout_input": 0.1,
+        "dropout_features": 0.1,
+        "final_dim": 256,
+        "untie_final_proj": False,
+        "layer_norm_first": False,
+        "conv_feature_layers": "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
+        "conv_bias": False,
+        "logit_temp": 0.1,
+        "target_glu": False,
+        "feature_grad_mult": 0.1,
+        "mask_length": 10,
+        "mask_prob": 0.8,
+        "conv_pos": 128,
+        "conv_pos_groups": 16,
+        "latent_temp": [2.0, 0.5, 0.999995],
+        "skip_masked": False,
         "skip_nomask": False,
     }
-    task_cfg = {"_name": "hubert_pretraining", "data": "/checkpoint/librispeech", "labels": ["km"],
-                "label_dir": None, "label_rate": 50.0, "sample_rate": 16000, "normalize": False,
-                "enable_padding": False, "max_sample_size": 250000, "min_sample_size": 32000,
-                "single_target": False, "random_crop": True, "pad_audio": False}
+    task_cfg = {
+        "_name": "hubert_pretraining",
+        "data": "/checkpoint/librispeech",
+        "labels": ["km"],
+        "label_dir": None,
+        "label_rate": 50.0,
+        "sample_rate": 16000,
+        "normalize": False,
+        "enable_padding": False,
+        "max_sample_size": 250000,
+        "min_sample_size": 32000,
+        "single_target": False,
+        "random_crop": True,
+        "pad_audio": False,
+    }
     ckpt = {
         "args": None,
-        "cfg": {"_name": None, "common": {"fp16": True, "log_interval": 200, "seed": 1337},
-                "model": model_cfg, "task": task_cfg, "criterion": {"_name": "hubert", "pred_masked_weight": 1.0}},
+        "cfg": {
+            "_name": None,
+            "common": {"fp16": True, "log_interval": 200, "seed": 1337},
+            "model": model_cfg,
+            "task": task_cfg,
+            "criterion": {"_name": "hubert", "pred_masked_weight": 1.0},
+        },
         "model": state,
         "criterion": None,
-        "optimizer_history": [{"criterion_name": "HubertCriterion", "optimizer_name": "FairseqAdam",
-                               "lr_scheduler_state": {"best": None}, "num_updates": 400000}],
+        "optimizer_history": [
+            {
+                "criterion_name": "HubertCriterion",
+                "optimizer_name": "FairseqAdam",
+                "lr_scheduler_state": {"best": None},
+                "num_updates": 400000,
+            }
+        ],
         "task_state": {"dictionaries": [_FairseqDictionary([str(i) for i in range(500)])]},
-        "extra_state": {"metrics": {}, "previous_training_time": 0.0,
-                        "train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "shuffle": True}},
+        "extra_state": {
+            "metrics": {},
+            "previous_training_time": 0.0,
+            "train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "shuffle": True},
+        },
         "last_optimizer_state": None,
     }
     path = Path(path)
@@ -314,8 +386,15 @@ def write_fairseq_hubert(path: str | Path, *, num_layers: int = 12, hidden: int 
     return path
 
 
-def write_transformers_hubert(directory: str | Path, *, num_layers: int = 2, hidden: int = 768,
-                              ffn: int = 512, seed: int = 0, final_proj: bool = True) -> Path:
+def write_transformers_hubert(
+    directory: str | Path,
+    *,
+    num_layers: int = 2,
+    hidden: int = 768,
+    ffn: int = 512,
+    seed: int = 0,
+    final_proj: bool = True,
+) -> Path:
     """Write a transformers HuBERT directory (``config.json`` + ``model.safetensors``).
 
     With ``final_proj`` the weights also hold ``final_proj.weight``/``bias`` (768→256), as
@@ -331,9 +410,16 @@ def write_transformers_hubert(directory: str | Path, *, num_layers: int = 2, hid
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = build_fairseq_hubert_state(num_layers=num_layers, hidden=hidden, ffn=ffn, seed=seed)
-    config = HubertConfig(hidden_size=hidden, num_hidden_layers=num_layers, intermediate_size=ffn,
-                          num_attention_heads=12, classifier_proj_size=256, conv_bias=False,
-                          feat_extract_norm="group", do_stable_layer_norm=False)
+    config = HubertConfig(
+        hidden_size=hidden,
+        num_hidden_layers=num_layers,
+        intermediate_size=ffn,
+        num_attention_heads=12,
+        classifier_proj_size=256,
+        conv_bias=False,
+        feat_extract_norm="group",
+        do_stable_layer_norm=False,
+    )
     config.architectures = ["HubertModelWithFinalProj"] if final_proj else ["HubertModel"]
     model = HubertModel(config)
     targets = model.state_dict()

@@ -38,30 +38,71 @@ VOCAB_SIZE = 8192
 HIDDEN_SIZE = 512  # hard-coded as the decoder's input width
 
 #: Soprano-1.1-80M's backbone configuration (``config.json`` of the Hub repo).
-REAL_CONFIG = dict(
-    hidden_size=HIDDEN_SIZE,
-    intermediate_size=2304,
-    num_hidden_layers=17,
-    num_attention_heads=4,
-    num_key_value_heads=1,
-    head_dim=128,
-)
+REAL_CONFIG = {
+    "hidden_size": HIDDEN_SIZE,
+    "intermediate_size": 2304,
+    "num_hidden_layers": 17,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "head_dim": 128,
+}
 #: A small configuration for fast tests (same widths where the format fixes them).
-SMALL_CONFIG = dict(
-    hidden_size=HIDDEN_SIZE,
-    intermediate_size=256,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=1,
-    head_dim=128,
-)
+SMALL_CONFIG = {
+    "hidden_size": HIDDEN_SIZE,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "head_dim": 128,
+}
 
 
 def _merges(count: int) -> list[tuple[str, str]]:
     """Deterministic BPE merges over the alphabet (common English pairs first)."""
-    base = ["th", "he", "in", "er", "an", "re", "on", "at", "en", "nd", "ti", "es", "or", "te",
-            "of", "ed", "is", "it", "al", "ar", "st", "to", "nt", "ng", "se", "ha", "as", "ou",
-            "io", "le", "ve", "co", "me", "de", "hi", "ri", "ro", "ic", "ne", "ea", "ra", "ce"]
+    base = [
+        "th",
+        "he",
+        "in",
+        "er",
+        "an",
+        "re",
+        "on",
+        "at",
+        "en",
+        "nd",
+        "ti",
+        "es",
+        "or",
+        "te",
+        "of",
+        "ed",
+        "is",
+        "it",
+        "al",
+        "ar",
+        "st",
+        "to",
+        "nt",
+        "ng",
+        "se",
+        "ha",
+        "as",
+        "ou",
+        "io",
+        "le",
+        "ve",
+        "co",
+        "me",
+        "de",
+        "hi",
+        "ri",
+        "ro",
+        "ic",
+        "ne",
+        "ea",
+        "ra",
+        "ce",
+    ]
     merges: list[tuple[str, str]] = []
     seen: set[str] = set()
     for pair in base:
@@ -107,18 +148,29 @@ def write_tokenizer(model_dir: Path) -> None:
 
     special = {"bos_token": "[STOP]", "eos_token": "[STOP]", "pad_token": "[STOP]", "unk_token": "[UNK]"}
     (model_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
-    (model_dir / "tokenizer_config.json").write_text(json.dumps({
-        **special,
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "padding_side": "left",
-        "model_max_length": 512,
-        "clean_up_tokenization_spaces": False,
-        "added_tokens_decoder": {
-            str(i): {"content": t, "special": True, "normalized": False, "lstrip": False,
-                     "rstrip": False, "single_word": False}
-            for i, t in enumerate(SPECIAL_TOKENS)
-        },
-    }, indent=2))
+    (model_dir / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                **special,
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "padding_side": "left",
+                "model_max_length": 512,
+                "clean_up_tokenization_spaces": False,
+                "added_tokens_decoder": {
+                    str(i): {
+                        "content": t,
+                        "special": True,
+                        "normalized": False,
+                        "lstrip": False,
+                        "rstrip": False,
+                        "single_word": False,
+                    }
+                    for i, t in enumerate(SPECIAL_TOKENS)
+                },
+            },
+            indent=2,
+        )
+    )
 
 
 def _force_length(model: Any, audio_tokens: int, seed: int) -> None:

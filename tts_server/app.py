@@ -228,21 +228,22 @@ async def health(request: web.Request) -> web.Response:
     """``GET /health``: engine, model, device, sample rate, active streams."""
     pipeline = request.app[PIPELINE]
     engine = pipeline.engine
-    return web.json_response({
-        "status": "ok",
-        "engine": engine.name,
-        "model": engine.model,
-        "device": engine.device,
-        "sample_rate": OUTPUT_SAMPLE_RATE,
-        "engine_sample_rate": engine.sample_rate,
-        "active_streams": pipeline.active_streams,
-        "max_streams": pipeline.max_streams,
-        "voice": pipeline.voices.default,
-    })
+    return web.json_response(
+        {
+            "status": "ok",
+            "engine": engine.name,
+            "model": engine.model,
+            "device": engine.device,
+            "sample_rate": OUTPUT_SAMPLE_RATE,
+            "engine_sample_rate": engine.sample_rate,
+            "active_streams": pipeline.active_streams,
+            "max_streams": pipeline.max_streams,
+            "voice": pipeline.voices.default,
+        }
+    )
 
 
 async def list_voices(request: web.Request) -> web.Response:
     """``GET /voices``: the RVC voices a stream may choose (``{"voice": name}``), and the default."""
     voices = request.app[PIPELINE].voices
     return web.json_response({"default": voices.default, "voices": voices.describe()})
-

@@ -62,8 +62,13 @@ def serve(args: argparse.Namespace) -> int:
         "server": {"host": args.host, "port": args.port},
         "engine": {"name": args.engine, "device": args.device},
         "soprano": {"model_path": args.model_path},
-        "rvc": {"voice": args.voice, "index": args.index, "hubert": args.hubert, "rmvpe": args.rmvpe,
-                "f0_method": args.f0_method},
+        "rvc": {
+            "voice": args.voice,
+            "index": args.index,
+            "hubert": args.hubert,
+            "rmvpe": args.rmvpe,
+            "f0_method": args.f0_method,
+        },
     }
     try:
         config = load_config(config_path, overrides)

@@ -22,7 +22,7 @@ import aiohttp
 import msgspec
 
 from .events import Audio, Cancelled, Flushed, SegmentDone, StreamError
-from .protocol import ProtocolError, client_message, decode_audio, decode_event
+from .protocol import client_message, decode_audio, decode_event
 
 #: What :meth:`StreamClient.receive` returns.
 ServerEvent = Audio | SegmentDone | Flushed | StreamError | Cancelled
@@ -193,4 +193,3 @@ class StreamClient:
         await self._ws.close()
         if self._own_session is not None:
             await self._own_session.close()
-

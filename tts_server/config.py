@@ -177,9 +177,7 @@ class ConfigFile:
         if known:
             unknown = [name for name in data if name not in known]
             if unknown:
-                raise ConfigError(
-                    f"{path}: unknown field `{unknown[0]}`: the sections are {', '.join(sorted(known))}"
-                )
+                raise ConfigError(f"{path}: unknown field `{unknown[0]}`: the sections are {', '.join(sorted(known))}")
         return cls(data, str(path))
 
     def load(self, schema: type[Schema], overrides: dict[str, dict[str, Any]] | None = None) -> Schema:

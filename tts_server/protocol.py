@@ -58,7 +58,7 @@ class ClientMessage(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     flush: bool = False
     cancel: bool = False
     events: bool | None = None
-    voice: str | None | msgspec.UnsetType = msgspec.UNSET
+    voice: str | msgspec.UnsetType | None = msgspec.UNSET
 
 
 COMMAND_KEYS = ("token", "pitch_shift", "flush", "cancel", "events", "voice")
@@ -119,20 +119,24 @@ def event_json(event: SegmentDone | Flushed | StreamError | Cancelled) -> str:
     if isinstance(event, Cancelled):
         return json.dumps({"type": "cancelled"})
     if isinstance(event, SegmentDone):
-        return json.dumps({
-            "type": "segment",
-            "index": event.index,
-            "text": event.text,
+        return json.dumps(
+            {
+                "type": "segment",
+                "index": event.index,
+                "text": event.text,
+                "audio_ms": _ms(event.audio_samples),
+                "ttfa_ms": None if event.ttfa_ms is None else round(event.ttfa_ms, 1),
+                "synth_ms": round(event.synth_ms, 1),
+            }
+        )
+    return json.dumps(
+        {
+            "type": "flushed",
+            "flush_id": event.flush_id,
+            "segments": list(event.segments),
             "audio_ms": _ms(event.audio_samples),
-            "ttfa_ms": None if event.ttfa_ms is None else round(event.ttfa_ms, 1),
-            "synth_ms": round(event.synth_ms, 1),
-        })
-    return json.dumps({
-        "type": "flushed",
-        "flush_id": event.flush_id,
-        "segments": list(event.segments),
-        "audio_ms": _ms(event.audio_samples),
-    })
+        }
+    )
 
 
 def audio_frames(pcm: np.ndarray) -> Iterator[bytes]:
@@ -152,7 +156,7 @@ def client_message(
     flush: bool = False,
     cancel: bool = False,
     events: bool | None = None,
-    voice: str | None | msgspec.UnsetType = msgspec.UNSET,
+    voice: str | msgspec.UnsetType | None = msgspec.UNSET,
 ) -> str:
     """Encode one client message (fields left at their defaults are not sent).
 

@@ -48,10 +48,10 @@ ABBREVIATIONS = frozenset(
     e.g i.e a.m p.m u.s u.k u.n e.u d.c a.d b.c ph.d cf al""".split()
 )
 
-_URL_WORD = re.compile(
-    r"^[(\[<\"']*(?:[a-z][a-z0-9+.-]*://|www\.|[^\s@]+@[^\s@]+\.[a-z])", re.IGNORECASE
+_URL_WORD = re.compile(r"^[(\[<\"']*(?:[a-z][a-z0-9+.-]*://|www\.|[^\s@]+@[^\s@]+\.[a-z])", re.IGNORECASE)
+_DOMAIN_WORD = re.compile(
+    r"^[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|org|net|io|dev|ai|gov|edu|co|uk|de|app)(?:[/:?#]|$)", re.IGNORECASE
 )
-_DOMAIN_WORD = re.compile(r"^[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|org|net|io|dev|ai|gov|edu|co|uk|de|app)(?:[/:?#]|$)", re.IGNORECASE)
 _URL = re.compile(r"\b(?:[a-z][a-z0-9+.-]*://|www\.)[^\s<>()\[\]\"']+", re.IGNORECASE)
 _MD_IMAGE_OR_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 _MD_FENCE = re.compile(r"```[^\s`]*")

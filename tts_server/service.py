@@ -15,7 +15,9 @@ from .voice_stage import VoiceProvider
 def segmenter_factory(config: Config) -> Callable[[], Segmenter]:
     """A factory of segmenters with the ``[segmenter]`` settings."""
     s = config.segmenter
-    return lambda: Segmenter(max_chars=s.max_chars, min_clause_chars=s.min_clause_chars, newline_breaks=s.newline_breaks)
+    return lambda: Segmenter(
+        max_chars=s.max_chars, min_clause_chars=s.min_clause_chars, newline_breaks=s.newline_breaks
+    )
 
 
 def build_pipeline(

@@ -108,7 +108,9 @@ class Stream:
         renderer: engine → voice stage → resampler for this stream.
     """
 
-    def __init__(self, host: StreamHost, stream_id: int, loop: asyncio.AbstractEventLoop, renderer: SegmentRenderer) -> None:
+    def __init__(
+        self, host: StreamHost, stream_id: int, loop: asyncio.AbstractEventLoop, renderer: SegmentRenderer
+    ) -> None:
         self.id = stream_id
         self._host = host
         self._loop = loop
@@ -128,7 +130,7 @@ class Stream:
         self._closed = False
         # Inference-thread state.
         self.renderer = renderer
-        self._next_voice: str | None | bool = False  # False: no change pending
+        self._next_voice: str | bool | None = False  # False: no change pending
         self._stage_epoch = 0
         self._pending_text = ""  # snapshot of the segmenter's buffer, for prefill
         self._last_push = 0.0

@@ -50,7 +50,9 @@ class VoiceCatalog:
         FileNotFoundError: ``voices_dir`` is not a directory.
     """
 
-    def __init__(self, settings: RVCSettings, input_sample_rate: int, device: str = "cpu", *, noise: bool = True) -> None:
+    def __init__(
+        self, settings: RVCSettings, input_sample_rate: int, device: str = "cpu", *, noise: bool = True
+    ) -> None:
         self.settings = settings
         self.noise = noise
         self.input_sample_rate = input_sample_rate
@@ -76,7 +78,9 @@ class VoiceCatalog:
             return
         import rvc
 
-        self._content = rvc.load_content_encoder(Path(settings.hubert).expanduser(), device=self.device, dtype=self.dtype)
+        self._content = rvc.load_content_encoder(
+            Path(settings.hubert).expanduser(), device=self.device, dtype=self.dtype
+        )
         rmvpe = Path(settings.rmvpe).expanduser() if settings.rmvpe else None
         self._f0 = rvc.load_f0_estimator(settings.f0_method, rmvpe, device=self.device, dtype=self.dtype)
         if self.default is not None:

@@ -237,7 +237,9 @@ class SopranoEngine:
             raise EngineLoadError(f"{tok_file}: cannot load the tokenizer ({exc})") from None
         ids = self.tokenizer.convert_tokens_to_ids([STOP, TEXT, START])
         if ids != [3, 1, 2]:
-            raise EngineLoadError(f"{tok_file}: not Soprano's vocabulary ([STOP] [TEXT] [START] are {ids}, expected [3, 1, 2])")
+            raise EngineLoadError(
+                f"{tok_file}: not Soprano's vocabulary ([STOP] [TEXT] [START] are {ids}, expected [3, 1, 2])"
+            )
         self.stop_id = ids[0]
 
         weights = self._file("model.safetensors")
@@ -247,7 +249,9 @@ class SopranoEngine:
         try:
             # With output_loading_info=True transformers returns (model, info); its type
             # hints do not say so.
-            loaded: Any = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype, output_loading_info=True)
+            loaded: Any = AutoModelForCausalLM.from_pretrained(
+                self.model_dir, dtype=self.dtype, output_loading_info=True
+            )
             lm, info = loaded
         except Exception as exc:
             raise EngineLoadError(f"{weights}: cannot load the language model ({type(exc).__name__}: {exc})") from None
@@ -263,7 +267,9 @@ class SopranoEngine:
         try:
             state = torch.load(decoder_file, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise EngineLoadError(f"{decoder_file}: not a readable torch state dict ({type(exc).__name__}: {exc})") from None
+            raise EngineLoadError(
+                f"{decoder_file}: not a readable torch state dict ({type(exc).__name__}: {exc})"
+            ) from None
         self.decoder = SopranoDecoder()
         try:
             self.decoder.load_state_dict(state)
@@ -435,7 +441,7 @@ class SopranoEngine:
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1
