@@ -15,7 +15,9 @@ from bot.cog import VoiceCog
 from bot.config import BotConfig, BotSettings, LLMSettings, TTSSettings
 from bot.history import ConversationHistory
 from bot.llm import LLMClient
-from testing.llm_server import LocalLLM
+from bot.pacing import RateEstimate
+from bot.session import GuildSession, Services, SessionManager
+from bot.tts import EmbeddedTTS, measure
 from testing.discord_voice import (
     Decoded,
     OfflineContext,
@@ -25,9 +27,7 @@ from testing.discord_voice import (
     OfflineWorld,
     decode_packets,
 )
-from bot.pacing import RateEstimate
-from bot.session import GuildSession, Services, SessionManager
-from bot.tts import EmbeddedTTS, measure
+from testing.llm_server import LocalLLM
 from tts_server import Pipeline
 
 #: A packet is "voice" above this RMS (espeak speech and Soprano audio are far above it).
@@ -74,7 +74,7 @@ def find(decoded: Decoded, reference: np.ndarray, from_packet: int, max_lag: int
         if np.sqrt(np.mean(r**2)) > 0.01:
             windows.append(correlation(seg[start : start + WINDOW], r))
     tail = len(ref) * 3 // 4
-    return Match(lag, correlation(seg, ref), np.asarray(windows), correlation(seg[tail:], ref[tail:len(seg)]))
+    return Match(lag, correlation(seg, ref), np.asarray(windows), correlation(seg[tail:], ref[tail : len(seg)]))
 
 
 class Tap:
@@ -154,9 +154,18 @@ class Harness:
         self.llm_server = llm_server
 
     @classmethod
-    async def create(cls, backend, llm_server: LocalLLM, *, bot: dict | None = None, llm: dict | None = None,
-                     tts: dict | None = None, estimate: RateEstimate | None = None, warm: bool = True,
-                     player_timeout_s: float = 1.0) -> Harness:
+    async def create(
+        cls,
+        backend,
+        llm_server: LocalLLM,
+        *,
+        bot: dict | None = None,
+        llm: dict | None = None,
+        tts: dict | None = None,
+        estimate: RateEstimate | None = None,
+        warm: bool = True,
+        player_timeout_s: float = 1.0,
+    ) -> Harness:
         if isinstance(backend, Pipeline):
             backend = EmbeddedTTS(backend)
         config = BotConfig(
@@ -166,13 +175,17 @@ class Harness:
         )
         if estimate is None:
             estimate = await measure(backend) if warm else RateEstimate()
-        services = Services(config, backend, LLMClient(config.llm), ConversationHistory(config.bot.history_messages), estimate)
+        services = Services(
+            config, backend, LLMClient(config.llm), ConversationHistory(config.bot.history_messages), estimate
+        )
         return cls(OfflineWorld(asyncio.get_running_loop(), player_timeout_s), services, llm_server)
 
     def guild(self, name: str = "guild") -> GuildHandle:
         guild, voice, text = self.world.guild(name)
         session = self.sessions.get(guild.id)
-        return GuildHandle(self, guild, voice, text, self.world.context(guild, text, voice), Tap(session.source), session)
+        return GuildHandle(
+            self, guild, voice, text, self.world.context(guild, text, voice), Tap(session.source), session
+        )
 
     async def invoke(self, command_name: str, ctx, /, *args, **kwargs) -> None:
         """Run a command as discord.py does: its callback, and failures through ``cog_command_error``."""
@@ -180,7 +193,7 @@ class Harness:
         ctx.command = command
         try:
             await command.callback(self.cog, ctx, *args, **kwargs)  # type: ignore[arg-type]  # an offline context
-        except Exception as exc:  # noqa: BLE001 - dispatched like discord.py does
+        except Exception as exc:
             error = exc if isinstance(exc, commands.CommandError) else commands.CommandInvokeError(exc)
             await self.cog.cog_command_error(ctx, error)
 

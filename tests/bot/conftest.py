@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,8 +27,8 @@ async def llm_server():
 @pytest.fixture
 def espeak_pipeline():
     """A started pipeline over the real espeak-ng engine (real speech, fast)."""
-    from tts_server.engines.espeak import EspeakEngine
     from tts_server import Pipeline
+    from tts_server.engines.espeak import EspeakEngine
 
     pipeline = Pipeline(EspeakEngine())
     pipeline.start()

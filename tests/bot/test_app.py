@@ -33,8 +33,9 @@ async def test_the_debug_http_app_serves_the_bots_own_pipeline(espeak_pipeline):
 
 
 async def test_the_backend_follows_tts_mode(espeak_pipeline):
-    remote = await build_tts(load_settings(None, {"tts": {"mode": "remote", "url": "ws://127.0.0.1:9/ws/stream",
-                                                          "connect_timeout_s": 0.3}}))
+    remote = await build_tts(
+        load_settings(None, {"tts": {"mode": "remote", "url": "ws://127.0.0.1:9/ws/stream", "connect_timeout_s": 0.3}})
+    )
     try:
         assert isinstance(remote, RemoteTTS) and remote.url == "ws://127.0.0.1:9/ws/stream"
         estimate = await warm_up(remote)  # unreachable: the defaults, and the bot still starts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
 
 import pytest
 
@@ -13,7 +14,7 @@ from tts_server.voice_stage import Passthrough
 class PitchRecorder(Passthrough):
     """Passthrough voice stage that remembers the pitch shift of every chunk it converts."""
 
-    seen: list[tuple[str | None, float]] = []
+    seen: ClassVar[list[tuple[str | None, float]]] = []
 
     def __init__(self, sample_rate: int, name: str | None) -> None:
         super().__init__(sample_rate)
@@ -48,8 +49,8 @@ class Voices:
 
 @pytest.fixture
 def voiced_pipeline():
-    from tts_server.engines.espeak import EspeakEngine
     from tts_server import Pipeline
+    from tts_server.engines.espeak import EspeakEngine
 
     engine = EspeakEngine()
     pipeline = Pipeline(engine, voices=Voices(engine.sample_rate))
@@ -77,7 +78,9 @@ async def test_join_and_leave(harness, espeak_pipeline):
     assert len(g.voice.voice_clients) == 2 and g.match_reply(-1).corr > 0.9
 
 
-async def test_speak_posts_the_reply_and_edits_it_as_it_grows_within_the_rate_limit(harness, espeak_pipeline, llm_server):
+async def test_speak_posts_the_reply_and_edits_it_as_it_grows_within_the_rate_limit(
+    harness, espeak_pipeline, llm_server
+):
     h = await harness(espeak_pipeline, bot={"edit_interval_s": 0.4})
     g = h.guild()
     text = "A reply that is written slowly. Word by word it grows in the channel. It ends here."
@@ -97,7 +100,9 @@ async def test_speak_posts_the_reply_and_edits_it_as_it_grows_within_the_rate_li
 async def test_a_second_speak_queues_behind_the_first_and_sees_its_history(harness, espeak_pipeline, llm_server):
     h = await harness(espeak_pipeline)
     g = h.guild()
-    llm_server.queue(Script(text_pieces("The first answer is short.")), Script(text_pieces("The second answer follows.")))
+    llm_server.queue(
+        Script(text_pieces("The first answer is short.")), Script(text_pieces("The second answer follows."))
+    )
     await h.invoke("speak", g.ctx, prompt="first question")
     await h.invoke("speak", g.context("Bob"), prompt="second question")
     assert g.text.texts()[-1] == "⏳ Queued (after 1 other reply)."

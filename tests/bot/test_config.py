@@ -28,13 +28,16 @@ def test_defaults_without_a_file():
     assert settings.bot.bot.max_queued_replies == 5 and settings.bot.tts.voice == ""
 
 
-@pytest.mark.parametrize("text, named", [
-    ("[bot]\ncommand_prefx = '!'\n", "command_prefx"),
-    ("[llm]\ntemperature = 5.0\n", "temperature"),
-    ("[tts]\nmode = 'cloud'\n", "mode"),
-    ("[tts]\nmode = 'remote'\nurl = 'http://x/ws/stream'\n", "url"),
-    ("[bot]\nedit_interval_s = 0.05\n", "edit_interval_s"),
-])
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("[bot]\ncommand_prefx = '!'\n", "command_prefx"),
+        ("[llm]\ntemperature = 5.0\n", "temperature"),
+        ("[tts]\nmode = 'cloud'\n", "mode"),
+        ("[tts]\nmode = 'remote'\nurl = 'http://x/ws/stream'\n", "url"),
+        ("[bot]\nedit_interval_s = 0.05\n", "edit_interval_s"),
+    ],
+)
 def test_bad_settings_are_errors_that_name_the_setting(tmp_path, text, named):
     path = tmp_path / "c.toml"
     path.write_text(text)
@@ -60,7 +63,11 @@ def _run_bot(tmp_path, config: str, env: dict[str, str]) -> subprocess.Completed
     path = tmp_path / "c.toml"
     path.write_text(config)
     return subprocess.run(
-        [sys.executable, "-m", "bot", "--config", str(path)], cwd=REPO, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "bot", "--config", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, **env},
     )
 

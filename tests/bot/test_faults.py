@@ -9,9 +9,9 @@ import logging
 import discord
 import numpy as np
 
+from testing.discord_voice import OfflineVoiceState
 from testing.llm_server import Script
 from tts_server import text_pieces
-from testing.discord_voice import OfflineVoiceState
 
 LONG = "This reply goes on for quite a while. It has several sentences in it. " * 3
 
@@ -162,7 +162,9 @@ async def test_a_segment_the_tts_cannot_speak_is_skipped_and_the_channel_is_told
     try:
         h = await harness(pipeline)
         g = h.guild()
-        await h.invoke("say", g.ctx, text="The first sentence is fine. Then boom goes this one. The last one is fine too.")
+        await h.invoke(
+            "say", g.ctx, text="The first sentence is fine. Then boom goes this one. The last one is fine too."
+        )
         await g.wait_idle()
         assert g.tap.playbacks[-1].done and not g.tap.playbacks[-1].interrupted
         assert g.text.texts()[-1] == (
@@ -212,8 +214,10 @@ async def test_a_full_queue_refuses_new_replies_without_dropping_queued_ones(har
     await h.invoke("speak", g.ctx, prompt="short one")
     await h.invoke("say", g.ctx, text="Queued.")
     await h.invoke("say", g.ctx, text="One too many.")
-    assert g.text.texts()[-2:] == ["🔊 Saying it (after 1 other reply).",
-                                   "⚠️ 1 reply is already waiting in this server; wait for them or use `stop`."]
+    assert g.text.texts()[-2:] == [
+        "🔊 Saying it (after 1 other reply).",
+        "⚠️ 1 reply is already waiting in this server; wait for them or use `stop`.",
+    ]
     await g.wait_idle()
     assert len(g.tap.replies) == 2
 
@@ -232,7 +236,9 @@ async def test_unknown_voice_and_out_of_range_pitch_are_refused(harness, espeak_
     assert g.text.texts()[-1] == "⚠️ pitch: the value must be between -24.0 and 24.0."
 
 
-async def test_an_unreachable_tts_server_is_reported_then_reconnected_with_backoff(harness, espeak_pipeline, unused_tcp_port):
+async def test_an_unreachable_tts_server_is_reported_then_reconnected_with_backoff(
+    harness, espeak_pipeline, unused_tcp_port
+):
     from aiohttp.test_utils import TestServer
 
     from bot.tts import RemoteTTS
@@ -249,8 +255,11 @@ async def test_an_unreachable_tts_server_is_reported_then_reconnected_with_backo
         await g.wait_idle()
         assert g.text.texts()[-1].startswith(f"⚠️ the TTS server at {url} is unreachable (")
         assert "reconnecting in the background" in g.text.texts()[-1]
-        server = TestServer(create_app(load_config(None, {"engine": {"warmup": False}}), engine=EspeakEngine()),
-                            host="127.0.0.1", port=unused_tcp_port)
+        server = TestServer(
+            create_app(load_config(None, {"engine": {"warmup": False}}), engine=EspeakEngine()),
+            host="127.0.0.1",
+            port=unused_tcp_port,
+        )
         await server.start_server()
         try:
             conn = backend.connection(g.guild.id)
@@ -266,11 +275,10 @@ async def test_an_unreachable_tts_server_is_reported_then_reconnected_with_backo
 
 
 async def test_a_remote_tts_connection_lost_mid_reply_is_reported(harness, make_server):
+    from bot.tts import RemoteTTS
     from tts_server.engines.espeak import EspeakEngine
 
-    from bot.tts import RemoteTTS
-
-    base, app = await make_server(EspeakEngine())
+    base, _app = await make_server(EspeakEngine())
     backend = RemoteTTS(base.replace("http", "ws") + "/ws/stream", connect_timeout_s=2.0, reconnect_max_s=1.0)
     h = await harness(backend)
     g = h.guild()
@@ -290,7 +298,9 @@ async def test_a_remote_tts_connection_lost_mid_reply_is_reported(harness, make_
         await backend.aclose()
 
 
-async def test_an_llm_connection_dropped_mid_reply_speaks_what_it_wrote_then_says_so(harness, espeak_pipeline, llm_server):
+async def test_an_llm_connection_dropped_mid_reply_speaks_what_it_wrote_then_says_so(
+    harness, espeak_pipeline, llm_server
+):
     h = await harness(espeak_pipeline)
     g = h.guild()
     llm_server.queue(Script(text_pieces("The first sentence made it. The second never ends"), drop_after=7))

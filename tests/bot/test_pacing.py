@@ -108,8 +108,8 @@ class SlowVoice:
 
 @pytest.fixture
 def slow_pipeline():
-    from tts_server.engines.espeak import EspeakEngine
     from tts_server import DefaultVoiceOnly, Pipeline
+    from tts_server.engines.espeak import EspeakEngine
 
     engine = EspeakEngine()
     pipeline = Pipeline(engine, voices=DefaultVoiceOnly(lambda: SlowVoice(engine.sample_rate, 1.5)))
@@ -171,8 +171,8 @@ class SlowVoices:
 
 
 async def test_a_newly_chosen_slow_voice_is_measured_before_its_first_reply(harness):
-    from tts_server.engines.espeak import EspeakEngine
     from tts_server import Pipeline
+    from tts_server.engines.espeak import EspeakEngine
 
     engine = EspeakEngine()
     pipeline = Pipeline(engine, voices=SlowVoices(engine.sample_rate))

@@ -84,7 +84,9 @@ async def test_one_player_serves_every_reply_and_is_never_restarted(harness, esp
         assert g.match_reply(i, decoded).corr > 0.9
     assert g.tap.playbacks[0].done_at < g.tap.playbacks[1].started_at
     # Between the replies the player sent silence at the normal pace (no burst, no gap).
-    between = slice(g.packet_at(decoded, g.tap.playbacks[0].done_at) + 2, g.packet_at(decoded, g.tap.playbacks[1].started_at))
+    between = slice(
+        g.packet_at(decoded, g.tap.playbacks[0].done_at) + 2, g.packet_at(decoded, g.tap.playbacks[1].started_at)
+    )
     idle = decoded.times[between]
     gaps = np.diff(idle)
     assert gaps.size > 5 and gaps.max() < 0.1 and np.median(gaps) > 0.01

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import ClassVar
 
 import pytest
 
@@ -13,7 +14,7 @@ from tts_server.voice_stage import Passthrough
 class Voices:
     """The server's voices: ``alto`` and ``bass``, passthrough stages that record the pitch they get."""
 
-    seen: list[tuple[str | None, float]] = []
+    seen: ClassVar[list[tuple[str | None, float]]] = []
     default = None
 
     def __init__(self, sample_rate: int) -> None:

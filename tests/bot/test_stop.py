@@ -8,8 +8,8 @@ import time
 import numpy as np
 
 from testing.llm_server import Script
-from tts_server import text_pieces
 from tests.bot.bot_harness import VOICE_RMS
+from tts_server import text_pieces
 
 ENDLESS = "And then the story went on, and on, with more and more to tell. "
 
@@ -50,7 +50,9 @@ async def test_stop_silences_within_100_ms_and_cancels_the_llm_and_the_tts(harne
     assert g.text.messages[0].content.endswith("⏹ *interrupted*")
 
 
-async def test_an_interrupted_reply_is_recorded_as_interrupted_with_only_what_was_heard(harness, espeak_pipeline, llm_server):
+async def test_an_interrupted_reply_is_recorded_as_interrupted_with_only_what_was_heard(
+    harness, espeak_pipeline, llm_server
+):
     h = await harness(espeak_pipeline)
     g = h.guild()
     sentences = [f"Sentence number {n} of the story." for n in ("one", "two", "three", "four", "five", "six")]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from testing import rvc_assets as ra
-
 
 HUBERT_LAYERS = 2
 HUBERT_FFN = 512
@@ -29,8 +27,9 @@ def assets(tmp_path_factory) -> dict[str, Path]:
         "index_768": ra.write_index(d / "v2.index", 768, seed=5),
         "index_256": ra.write_index(d / "v1.index", 256, seed=6),
         "hubert": ra.write_fairseq_hubert(d / "hubert_base.pt", num_layers=HUBERT_LAYERS, ffn=HUBERT_FFN, seed=7),
-        "hubert_fp32": ra.write_fairseq_hubert(d / "hubert_fp32.pt", num_layers=HUBERT_LAYERS, ffn=HUBERT_FFN,
-                                               seed=7, fp16=False),
+        "hubert_fp32": ra.write_fairseq_hubert(
+            d / "hubert_fp32.pt", num_layers=HUBERT_LAYERS, ffn=HUBERT_FFN, seed=7, fp16=False
+        ),
         "hubert_dir": ra.write_transformers_hubert(d / "hubert_tf", num_layers=HUBERT_LAYERS, ffn=HUBERT_FFN, seed=7),
         "rmvpe": ra.write_rmvpe(d / "rmvpe.pt", seed=8),
         # no transformer layers: features depend only on nearby audio, like a trained

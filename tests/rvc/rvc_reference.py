@@ -33,8 +33,13 @@ def transformers_mel(*, sr, n_fft, n_mels, fmin, fmax, htk=True):
 
     assert htk
     return mel_filter_bank(
-        num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=fmin, max_frequency=fmax,
-        sampling_rate=sr, norm="slaney", mel_scale="htk",
+        num_frequency_bins=n_fft // 2 + 1,
+        num_mel_filters=n_mels,
+        min_frequency=fmin,
+        max_frequency=fmax,
+        sampling_rate=sr,
+        norm="slaney",
+        mel_scale="htk",
     ).T.astype(np.float32)
 
 
@@ -104,9 +109,20 @@ class Reference:
     def rmvpe_model(self, path: Path):
         return self.rmvpe.RMVPE(str(path), is_half=False, device="cpu")
 
-    def convert(self, pth: Path, hubert_dir: Path, audio_16k: np.ndarray, *, f0_method: str = "pm",
-                rmvpe_path: Path | None = None, index_path: Path | None = None, index_rate: float = 0.0,
-                pitch_shift: float = 0.0, protect: float = 0.33, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def convert(
+        self,
+        pth: Path,
+        hubert_dir: Path,
+        audio_16k: np.ndarray,
+        *,
+        f0_method: str = "pm",
+        rmvpe_path: Path | None = None,
+        index_path: Path | None = None,
+        index_rate: float = 0.0,
+        pitch_shift: float = 0.0,
+        protect: float = 0.33,
+        seed: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Whole-file conversion by the reference pipeline (``VC.pipeline``).
 
         The global torch RNG is seeded with ``seed`` just before the pipeline runs (model
@@ -137,9 +153,23 @@ class Reference:
         torch.manual_seed(seed)
         with torch.no_grad():
             int16 = vc.pipeline(
-                hubert, net_g, 0, audio_16k.astype(np.float64), "input", [0, 0, 0], pitch_shift,
-                f0_method, str(index_path) if index_path else "", index_rate, cpt.get("f0", 1), 3, tgt_sr, 0, 1,
-                version, protect,
+                hubert,
+                net_g,
+                0,
+                audio_16k.astype(np.float64),
+                "input",
+                [0, 0, 0],
+                pitch_shift,
+                f0_method,
+                str(index_path) if index_path else "",
+                index_rate,
+                cpt.get("f0", 1),
+                3,
+                tgt_sr,
+                0,
+                1,
+                version,
+                protect,
             )
         pad = vc.t_pad_tgt
         return np.concatenate([r[pad:-pad] for r in recorded]).astype(np.float32), int16

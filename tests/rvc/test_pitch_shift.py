@@ -17,8 +17,9 @@ def converter_with_f0_spy(assets, captured: list):
         return real_infer(features, pitch, f0, *args, **kwargs)  # the real network still runs
 
     voice.synthesizer.infer = spying_infer  # type: ignore[method-assign]  # a spy in front of the real network
-    return rvc.VoiceConverter(voice, rvc.load_content_encoder(assets["hubert"]), rvc.load_f0_estimator("pm"),
-                              noise=False)
+    return rvc.VoiceConverter(
+        voice, rvc.load_content_encoder(assets["hubert"]), rvc.load_f0_estimator("pm"), noise=False
+    )
 
 
 @pytest.mark.parametrize("semitones", [7.0, -12.0, 2.5])
@@ -50,7 +51,7 @@ def test_streaming_applies_the_same_shift(assets, speech):
         stream = rvc.StreamingConverter(converter, 16000, block_ms=500, context_ms=500)
         stream.process(x[: 16000 * 2], pitch_shift=shift)
     n = len(captured) // 2
-    for (_, a), (_, b) in zip(captured[:n], captured[n:]):
+    for (_, a), (_, b) in zip(captured[:n], captured[n:], strict=True):
         a, b = a[0].numpy().astype(np.float64), b[0].numpy().astype(np.float64)
         v = a > 0
         np.testing.assert_allclose(12 * np.log2(b[v] / a[v]), 5.0, atol=1e-5)

@@ -46,8 +46,10 @@ def test_synthesizer_equals_reference_with_seeded_noise(reference, assets, key):
     assert relative_error(ours, expected) <= TOLERANCE
 
 
-@pytest.mark.parametrize(("hubert_key", "version"), [("hubert_fp32", "v1"), ("hubert_fp32", "v2"),
-                                                     ("hubert_dir", "v1"), ("hubert_dir", "v2")])
+@pytest.mark.parametrize(
+    ("hubert_key", "version"),
+    [("hubert_fp32", "v1"), ("hubert_fp32", "v2"), ("hubert_dir", "v1"), ("hubert_dir", "v2")],
+)
 def test_content_features_equal_reference(reference, assets, speech_16k, hubert_key, version):
     ref_model = reference.hubert(assets["hubert_dir"])
     x = torch.from_numpy(speech_16k)[None]
@@ -72,7 +74,8 @@ def test_rmvpe_f0_equals_reference(reference, assets, speech_16k):
     ref_model = reference.rmvpe_model(assets["rmvpe"])
     # independent mel filters in the reference (ours are checked against them above)
     ref_model.mel_extractor.mel_basis = torch.from_numpy(
-        transformers_mel(sr=16000, n_fft=1024, n_mels=128, fmin=30, fmax=8000, htk=True))
+        transformers_mel(sr=16000, n_fft=1024, n_mels=128, fmin=30, fmax=8000, htk=True)
+    )
     expected = ref_model.infer_from_audio(speech_16k, thred=0.03)
     est = rvc.load_f0_estimator("rmvpe", rmvpe_path=assets["rmvpe"])
     ours = est.estimate(speech_16k, len(expected))
@@ -86,16 +89,28 @@ def test_rmvpe_f0_equals_reference(reference, assets, speech_16k):
     ("voice_key", "f0_method", "index_key", "pitch_shift"),
     [("v2_48k", "pm", "index_768", 3.0), ("v1_40k", "rmvpe", None, -5.0), ("v1_32k_nof0", "pm", "index_256", 0.0)],
 )
-def test_whole_file_conversion_equals_reference(reference, assets, speech_16k, voice_key, f0_method, index_key,
-                                                pitch_shift):
+def test_whole_file_conversion_equals_reference(
+    reference, assets, speech_16k, voice_key, f0_method, index_key, pitch_shift
+):
     index = assets[index_key] if index_key else None
     expected, expected_int16 = reference.convert(
-        assets[voice_key], assets["hubert_dir"], speech_16k, f0_method=f0_method, rmvpe_path=assets["rmvpe"],
-        index_path=index, index_rate=0.75 if index else 0.0, pitch_shift=pitch_shift, seed=42,
+        assets[voice_key],
+        assets["hubert_dir"],
+        speech_16k,
+        f0_method=f0_method,
+        rmvpe_path=assets["rmvpe"],
+        index_path=index,
+        index_rate=0.75 if index else 0.0,
+        pitch_shift=pitch_shift,
+        seed=42,
     )
     voice = rvc.load_voice(assets[voice_key], index_path=index, index_rate=0.75)
-    converter = rvc.VoiceConverter(voice, rvc.load_content_encoder(assets["hubert_fp32"]),
-                                   rvc.load_f0_estimator(f0_method, rmvpe_path=assets["rmvpe"]), seed=42)
+    converter = rvc.VoiceConverter(
+        voice,
+        rvc.load_content_encoder(assets["hubert_fp32"]),
+        rvc.load_f0_estimator(f0_method, rmvpe_path=assets["rmvpe"]),
+        seed=42,
+    )
     ours = converter.convert(speech_16k, 16000, pitch_shift=pitch_shift)
     assert ours.dtype == np.float32
     assert relative_error(ours, expected) <= TOLERANCE

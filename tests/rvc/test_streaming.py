@@ -20,8 +20,13 @@ def speech_32k(speech) -> np.ndarray:
 
 
 def make_converter(assets, key="v2_48k", noise=False, hubert="hubert"):
-    return rvc.VoiceConverter(rvc.load_voice(assets[key]), rvc.load_content_encoder(assets[hubert]),
-                              rvc.load_f0_estimator("pm"), noise=noise, seed=None if not noise else 3)
+    return rvc.VoiceConverter(
+        rvc.load_voice(assets[key]),
+        rvc.load_content_encoder(assets[hubert]),
+        rvc.load_f0_estimator("pm"),
+        noise=noise,
+        seed=None if not noise else 3,
+    )
 
 
 def stream_blocks(stream, audio, chunk=CHUNK):
@@ -49,8 +54,11 @@ def aligned_pairs(converter, stream, audio) -> tuple[np.ndarray, np.ndarray]:
     whole = converter.convert(np.concatenate([np.zeros(lead, np.float32), audio]), TTS_RATE)
     ours, ref = [], []
     for b, (out, offset) in enumerate(blocks):
-        start = converter.sample_rate + (b * stream.block_frames - stream.crossfade_frames
-                                         - stream.search_frames) * stream.hop + offset
+        start = (
+            converter.sample_rate
+            + (b * stream.block_frames - stream.crossfade_frames - stream.search_frames) * stream.hop
+            + offset
+        )
         if b >= 2 and start + len(out) <= len(whole):
             ours.append(out)
             ref.append(whole[start : start + len(out)])
@@ -66,8 +74,17 @@ def magnitude_snr_db(ours: np.ndarray, ref: np.ndarray, n_fft: int = 1024, hop: 
     import torch
 
     def mag(x):
-        return torch.stft(torch.from_numpy(x), n_fft, hop, window=torch.hann_window(n_fft, dtype=torch.float64),
-                          return_complex=True).abs().numpy()
+        return (
+            torch.stft(
+                torch.from_numpy(x),
+                n_fft,
+                hop,
+                window=torch.hann_window(n_fft, dtype=torch.float64),
+                return_complex=True,
+            )
+            .abs()
+            .numpy()
+        )
 
     return snr_db(mag(ours), mag(ref))
 

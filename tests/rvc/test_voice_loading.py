@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 import rvc
-from testing import rvc_assets as ra
 from rvc.voice import fold_weight_norm
+from testing import rvc_assets as ra
 
 
 @pytest.mark.parametrize(
     ("key", "version", "sample_rate", "f0", "feature_dim", "hop"),
-    [("v2_48k", "v2", 48000, True, 768, 480), ("v1_40k", "v1", 40000, True, 256, 400),
-     ("v1_32k_nof0", "v1", 32000, False, 256, 320), ("v2_40k_nof0", "v2", 40000, False, 768, 400)],
+    [
+        ("v2_48k", "v2", 48000, True, 768, 480),
+        ("v1_40k", "v1", 40000, True, 256, 400),
+        ("v1_32k_nof0", "v1", 32000, False, 256, 320),
+        ("v2_40k_nof0", "v2", 40000, False, 768, 400),
+    ],
 )
-def test_voice_files_load_with_their_version_rate_and_pitch_guidance(assets, key, version, sample_rate, f0,
-                                                                     feature_dim, hop):
+def test_voice_files_load_with_their_version_rate_and_pitch_guidance(
+    assets, key, version, sample_rate, f0, feature_dim, hop
+):
     voice = rvc.load_voice(assets[key])
     assert (voice.version, voice.sample_rate, voice.f0) == (version, sample_rate, f0)
     assert voice.feature_dim == feature_dim and voice.hop_length == hop
@@ -53,7 +60,7 @@ def test_parametrization_names_and_extra_keys_load_the_same_network(assets, tmp_
     torch.save(ckpt, path)
     a, b = rvc.load_voice(path), rvc.load_voice(assets["v2_48k"])
     assert a.version == "v2"
-    for (ka, ta), (kb, tb) in zip(a.synthesizer.state_dict().items(), b.synthesizer.state_dict().items()):
+    for (ka, ta), (kb, tb) in zip(a.synthesizer.state_dict().items(), b.synthesizer.state_dict().items(), strict=True):
         assert ka == kb
         torch.testing.assert_close(ta, tb)
 
@@ -76,7 +83,7 @@ def test_fp16_hubert_checkpoint_loads_with_weights_only_and_no_fairseq(assets):
     from rvc.checkpoint import FairseqDictionaryStub, load_checkpoint
 
     # like the real file, the pickle references fairseq's Dictionary: plain torch refuses it
-    with pytest.raises(Exception, match="fairseq.data.dictionary.Dictionary"):
+    with pytest.raises(Exception, match=re.escape("fairseq.data.dictionary.Dictionary")):
         torch.load(assets["hubert"], map_location="cpu", weights_only=True)
     ckpt = load_checkpoint(assets["hubert"], "HuBERT")
     assert set(ckpt) >= {"args", "cfg", "model", "task_state"}

@@ -24,7 +24,10 @@ def free_port() -> int:
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tts_server", *args], capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "tts_server", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -59,9 +62,22 @@ def test_invalid_config_fails_naming_the_setting(tmp_path):
 
 def test_say_without_a_server_explains(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "tts_server", "say", "Hi.", "-o", str(tmp_path / "x.wav"),
-         "--url", f"ws://127.0.0.1:{free_port()}/ws/stream", "--wait", "0"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "tts_server",
+            "say",
+            "Hi.",
+            "-o",
+            str(tmp_path / "x.wav"),
+            "--url",
+            f"ws://127.0.0.1:{free_port()}/ws/stream",
+            "--wait",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1 and "is the server running" in result.stderr
 
@@ -71,14 +87,30 @@ def test_readme_main_command_speaks_real_words_offline(tmp_path, offline_env):
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tts_server", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **offline_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **offline_env},
     )
     try:
         out = tmp_path / "hello.wav"
         said = subprocess.run(
-            [sys.executable, "-m", "tts_server", "say", "Hello there.", "-o", str(out),
-             "--url", f"ws://127.0.0.1:{port}/ws/stream", "--wait", "90"],
-            capture_output=True, text=True, timeout=150,
+            [
+                sys.executable,
+                "-m",
+                "tts_server",
+                "say",
+                "Hello there.",
+                "-o",
+                str(out),
+                "--url",
+                f"ws://127.0.0.1:{port}/ws/stream",
+                "--wait",
+                "90",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=150,
         )
         assert said.returncode == 0, said.stderr
         assert "wrote" in said.stdout
@@ -98,9 +130,22 @@ def test_readme_main_command_speaks_real_words_offline(tmp_path, offline_env):
 def test_stdout_stays_clean_while_serving(soprano_dir):
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "tts_server", "--engine", "soprano", "--model-path", str(soprano_dir),
-         "--device", "cpu", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tts_server",
+            "--engine",
+            "soprano",
+            "--model-path",
+            str(soprano_dir),
+            "--device",
+            "cpu",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 90
@@ -110,7 +155,9 @@ def test_stdout_stays_clean_while_serving(soprano_dir):
                     assert json.load(r)["engine"] == "soprano"
                 break
             except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, server.stderr.read() if server.poll() is not None else "timeout"
+                assert time.monotonic() < deadline and server.poll() is None, (
+                    server.stderr.read() if server.poll() is not None else "timeout"
+                )
                 time.sleep(0.3)
     finally:
         server.terminate()

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from tts_server.engines.espeak import EspeakEngine
 from tts_server import Audio, Flushed, PendingTextFull, Pipeline, PipelineBusy, SegmentDone, StreamError
+from tts_server.engines.espeak import EspeakEngine
 
 
 class Recording:
@@ -18,7 +18,12 @@ class Recording:
 
     def __init__(self, engine):
         self.engine = engine
-        self.name, self.model, self.device, self.sample_rate = engine.name, engine.model, engine.device, engine.sample_rate
+        self.name, self.model, self.device, self.sample_rate = (
+            engine.name,
+            engine.model,
+            engine.device,
+            engine.sample_rate,
+        )
         self.chunks: list[str] = []
         self.closed: list[str] = []
         self.threads: set[str] = set()

@@ -42,10 +42,16 @@ def rvc_files(tmp_path_factory):
 
 
 def settings(files, **kw) -> RVCSettings:
-    base = dict(
-        voice=str(files["v2_48k"]), index=str(files["v2_48k_index"]), voices_dir=str(files["voices"]),
-        hubert=str(files["hubert"]), f0_method="pm", block_ms=BLOCK_MS, context_ms=CONTEXT_MS, crossfade_ms=CROSSFADE_MS,
-    )
+    base = {
+        "voice": str(files["v2_48k"]),
+        "index": str(files["v2_48k_index"]),
+        "voices_dir": str(files["voices"]),
+        "hubert": str(files["hubert"]),
+        "f0_method": "pm",
+        "block_ms": BLOCK_MS,
+        "context_ms": CONTEXT_MS,
+        "crossfade_ms": CROSSFADE_MS,
+    }
     return RVCSettings(**{**base, **kw})
 
 
@@ -55,7 +61,12 @@ class Recorded:
 
     def __init__(self, engine):
         self.engine = engine
-        self.name, self.model, self.device, self.sample_rate = engine.name, engine.model, engine.device, engine.sample_rate
+        self.name, self.model, self.device, self.sample_rate = (
+            engine.name,
+            engine.model,
+            engine.device,
+            engine.sample_rate,
+        )
         self.chunks: dict[str, list[np.ndarray]] = {}
 
     def synthesize(self, text):
@@ -96,7 +107,9 @@ async def speak_ws(base: str, text: str, first: dict | None = None) -> tuple[np.
     return (np.concatenate(audio) if audio else np.zeros(0, np.float32)), events
 
 
-def offline_reference(catalog: VoiceCatalog, engine: Recorded, events: list[dict], voice: str | None = None) -> np.ndarray:
+def offline_reference(
+    catalog: VoiceCatalog, engine: Recorded, events: list[dict], voice: str | None = None
+) -> np.ndarray:
     """The chain done by hand on the chunks the server got for the stream's segments: a
     fresh streaming converter, then one-shot resampling to 48 kHz."""
     stage = catalog(voice)
@@ -195,7 +208,10 @@ async def test_pitch_shift_reaches_the_converter(make_server, espeak, rvc_files)
 def start_server(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tts_server", "--engine", "espeak", "--port", "0", *args],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
 
 

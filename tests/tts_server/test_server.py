@@ -14,8 +14,8 @@ import websockets
 from scipy.io import wavfile
 
 from tests.conftest import TEST_AUDIO_TOKENS
-from tts_server.cli import say
 from tts_server import text_pieces
+from tts_server.cli import say
 from tts_server.engines.soprano import TOKEN_SAMPLES, prepare_text
 
 SEGMENT_SAMPLES_48K = (TEST_AUDIO_TOKENS - 1) * TOKEN_SAMPLES * 3 // 2  # one segment's audio at 48 kHz
@@ -100,14 +100,14 @@ async def test_seed_python_client_works_unchanged(make_server, soprano_engine):
                     audio_bytes = await asyncio.wait_for(ws.recv(), timeout=0.5)
                     np.frombuffer(audio_bytes, dtype=np.float32)
                     received.append(audio_bytes)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
             await ws.send(json.dumps({"flush": True}))
             while True:
                 try:
                     audio_bytes = await asyncio.wait_for(ws.recv(), timeout=1.0)
                     received.append(audio_bytes)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
 
     await speak(text_stream())
@@ -125,13 +125,20 @@ async def test_seed_node_client_works_unchanged(make_server, soprano_engine, tmp
     client = Path(__file__).with_name("seed_node_client.js")
     if node is None:
         pytest.skip("node is not installed")
-    probe = subprocess.run([node, "-e", "require('ws')"], capture_output=True, cwd=client.parent)
+    probe = await asyncio.to_thread(
+        subprocess.run, [node, "-e", "require('ws')"], capture_output=True, cwd=client.parent
+    )
     if probe.returncode != 0:
         pytest.skip("the npm package `ws` is not installed (.ci/run installs it)")
     base, _ = await make_server(soprano_engine)
     proc = await asyncio.create_subprocess_exec(
-        node, str(client), ws_url(base), "Hello world! How are you?",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=client.parent,
+        node,
+        str(client),
+        ws_url(base),
+        "Hello world! How are you?",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=client.parent,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
@@ -146,14 +153,17 @@ async def test_each_trigger_produces_a_segment_event(make_server, soprano_engine
     text = "Is it done? Yes, it is quite done. Another clause here; then more\nA line without end"
     async with websockets.connect(ws_url(base)) as ws:
         await ws.send(json.dumps({"events": True}))
-        for token in text_pieces(text) + [" and this one runs on and on past the limit"]:
+        for token in [*text_pieces(text), " and this one runs on and on past the limit"]:
             await ws.send(json.dumps({"token": token, "pitch_shift": 0}))
         await ws.send(json.dumps({"flush": True}))
         frames = await recv_until(ws, is_event("flushed"))
     events = [json.loads(f) for f in frames if isinstance(f, str)]
     segments = [e["text"] for e in events if e["type"] == "segment"]
     assert segments == [
-        "Is it done?", "Yes, it is quite done.", "Another clause here;", "then more",
+        "Is it done?",
+        "Yes, it is quite done.",
+        "Another clause here;",
+        "then more",
         "A line without end and this one runs on and on past the",  # over 40 characters: cut at a word
         "limit",  # the tail comes with the flush
     ]
@@ -184,7 +194,7 @@ async def test_cancel_drops_buffered_text_and_queued_audio(make_server, make_sop
     from tts_server.engines.soprano import SopranoEngine
 
     engine = SopranoEngine(make_soprano_dir(200), device="cpu")  # 12.8 s per sentence
-    base, app = await make_server(engine)
+    base, _app = await make_server(engine)
     async with websockets.connect(ws_url(base)) as ws:
         await ws.send(json.dumps({"events": True}))
         await ws.send(json.dumps({"token": "A long sentence to speak. Another one. And a tail", "pitch_shift": 0}))
@@ -248,9 +258,7 @@ async def test_two_clients_are_served_concurrently_and_get_their_own_audio(make_
         events = [json.loads(f) for f in frames if isinstance(f, str)]
         return [e["text"] for e in events if e["type"] == "segment"], audio_of(frames)
 
-    (texts_a, audio_a), (texts_b, audio_b) = await asyncio.gather(
-        client("Alpha one. Alpha two."), client("Bravo one.")
-    )
+    (texts_a, audio_a), (texts_b, audio_b) = await asyncio.gather(client("Alpha one. Alpha two."), client("Bravo one."))
     assert texts_a == ["Alpha one.", "Alpha two."] and texts_b == ["Bravo one."]
     assert len(audio_a) == 2 * SEGMENT_SAMPLES_48K and len(audio_b) == SEGMENT_SAMPLES_48K
 
@@ -364,17 +372,15 @@ async def test_api_speak_returns_48k_wav_equal_to_the_stream(make_server, sopran
 )
 async def test_api_speak_rejects_bad_requests(make_server, soprano_engine, body, query, status, expected):
     base, _ = await make_server(soprano_engine)
-    async with aiohttp.ClientSession() as http:
-        async with http.post(base + "/api/speak" + query, data=body) as r:
-            assert r.status == status
-            assert expected in (await r.json())["error"]
+    async with aiohttp.ClientSession() as http, http.post(base + "/api/speak" + query, data=body) as r:
+        assert r.status == status
+        assert expected in (await r.json())["error"]
 
 
 async def test_health_reports_engine_and_streams(make_server, soprano_engine, soprano_dir):
     base, _ = await make_server(soprano_engine)
-    async with aiohttp.ClientSession() as http, websockets.connect(ws_url(base)):
-        async with http.get(base + "/health") as r:
-            health = await r.json()
+    async with aiohttp.ClientSession() as http, websockets.connect(ws_url(base)), http.get(base + "/health") as r:
+        health = await r.json()
     assert health["engine"] == "soprano" and health["device"] == "cpu"
     assert health["sample_rate"] == 48_000 and health["engine_sample_rate"] == 32_000
     assert health["model"] == str(soprano_dir) and health["active_streams"] == 1
@@ -404,10 +410,10 @@ async def test_pitch_shift_is_carried_to_the_voice_stage(make_server, soprano_en
 
 async def test_a_cancel_stops_the_rest_of_a_multi_frame_chunk(soprano_dir):
     """Audio events longer than one frame are cut short by a cancel between their frames."""
-    from tts_server.app import _Session
-    from tts_server.protocol import MAX_FRAME_SAMPLES
-    from tts_server.engines.soprano import SopranoEngine
     from tts_server import Pipeline
+    from tts_server.app import _Session
+    from tts_server.engines.soprano import SopranoEngine
+    from tts_server.protocol import MAX_FRAME_SAMPLES
 
     engine = SopranoEngine(soprano_dir, device="cpu", chunk_tokens=16)  # events of up to 4 frames
     pipeline = Pipeline(engine)
