@@ -30,7 +30,8 @@ async def test_say_sends_the_pipeline_audio_in_order_without_inserted_silence(ha
     m = g.match_reply(0, decoded)
     # One contiguous match: a single inserted 20 ms frame would shift everything after it.
     assert m.corr > 0.9, m.corr
-    assert np.mean(m.window_corrs > 0.7) > 0.9, np.sort(m.window_corrs)[:20]
+    # 100 ms windows: all above 0.5 (lowest 0.52; 94 % above 0.7), none when one frame off (median −0.01)
+    assert np.mean(m.window_corrs > 0.5) > 0.9, np.sort(m.window_corrs)[:20]
     assert m.tail_corr > 0.9, m.tail_corr  # still aligned at the end
     assert m.lag < 1000  # Opus decoder delay only: the reply starts on the first packet it was read into
     # The packets are consecutive RTP: sequence +1 and timestamp +960 each.
@@ -57,11 +58,11 @@ async def test_soprano_reply_reaches_discord_without_inserted_silence(harness, s
         assert audio.size == 3 * round(0.704 * 48_000)
         assert g.tap.playbacks[0].underrun_frames == 0
         m = g.match_reply(0)
-        # Opus keeps this noise-like audio's waveform less exactly than speech (~0.8);
-        # a misaligned (shifted) stream correlates near 0.
-        assert m.corr > 0.7, m.corr
-        assert np.mean(m.window_corrs > 0.7) > 0.9
-        assert m.tail_corr > 0.7, m.tail_corr
+        # Opus keeps this noise-like audio's waveform less exactly than speech (0.82 measured);
+        # one frame (20 ms) off it correlates 0.12. The bound 0.4 is 2× from both.
+        assert m.corr > 0.4, m.corr
+        assert np.mean(m.window_corrs > 0.4) > 0.9
+        assert m.tail_corr > 0.4, m.tail_corr
     finally:
         pipeline.stop()
 

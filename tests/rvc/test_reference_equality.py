@@ -15,6 +15,15 @@ import rvc
 from rvc.pitch import coarse_pitch
 from rvc.rmvpe import mel_filterbank
 
+pytestmark = pytest.mark.numerical
+
+#: Max abs error as a fraction of the reference's peak. Ours and the reference run the same
+#: float32 networks, not the same operations (weight norm folded, the NSF phase in float64,
+#: other kernels by shape). Measured over 1 to 4 threads and ATen default/AVX2/AVX-512, oneDNN
+#: SSE4.1/AVX2/AVX-512 and MKL SSE4.2/AVX2/AVX-512 kernels, and four renditions of the speech:
+#: ≤ 1.7e-5 for the whole-file RMVPE conversion (F0 differences integrate into the sine's
+#: phase), ≤ 5.3e-6 for the other conversions, ≤ 2.2e-6 for the synthesizer alone, 0 for
+#: HuBERT and RMVPE. A pitch shift one cent off errs by 0.87.
 TOLERANCE = 1e-4
 
 
@@ -65,7 +74,7 @@ def test_mel_filterbank_equals_transformers(reference):
     from tests.rvc.rvc_reference import transformers_mel
 
     ref = transformers_mel(sr=16000, n_fft=1024, n_mels=128, fmin=30, fmax=8000, htk=True)
-    assert relative_error(mel_filterbank(), ref) <= 1e-6
+    assert relative_error(mel_filterbank(), ref) <= 1e-6  # numpy only (no torch kernels): measured 0
 
 
 def test_rmvpe_f0_equals_reference(reference, assets, speech_16k):
@@ -114,4 +123,7 @@ def test_whole_file_conversion_equals_reference(
     ours = converter.convert(speech_16k, 16000, pitch_shift=pitch_shift)
     assert ours.dtype == np.float32
     assert relative_error(ours, expected) <= TOLERANCE
-    assert np.abs(np.round(ours * 32768) - expected_int16).max() <= 1  # its int16 output, to the LSB
+    # Its int16 output is that float output ×32768, truncated: within 1 LSB of it, so ours is within
+    # 1 LSB plus the tolerance (measured ≤ 1.2 LSB against 3.1). Rounding ours and allowing 1 LSB, as
+    # before, left 0.5 LSB for float32 error, which reaches 0.35 LSB here.
+    assert np.abs(ours * 32768.0 - expected_int16).max() < 1 + TOLERANCE * np.abs(expected).max() * 32768

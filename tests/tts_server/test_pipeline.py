@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.conftest import EXACT
 from tts_server import Audio, Flushed, PendingTextFull, Pipeline, PipelineBusy, SegmentDone, StreamError
 from tts_server.engines.espeak import EspeakEngine
 
@@ -220,6 +221,7 @@ async def test_segment_events_report_time_to_first_audio(pipeline_for, soprano_e
     assert done.synth_ms > 0
 
 
+@pytest.mark.numerical
 async def test_sentences_are_prefilled_while_their_tokens_arrive(pipeline_for, soprano_engine):
     from tts_server import text_pieces
 
@@ -244,4 +246,5 @@ async def test_sentences_are_prefilled_while_their_tokens_arrive(pipeline_for, s
     assert calls and all(text.startswith(c) for c in calls)
     assert len(calls[-1]) > len(text) // 2  # kept up with the text
     reference = await pipeline_for(soprano_engine).speak(text)
-    np.testing.assert_allclose(audio, reference, rtol=0, atol=1e-5 * np.abs(reference).max())
+    # prefill changes only the shapes of the language model's products (float32 reordering)
+    np.testing.assert_allclose(audio, reference, rtol=0, atol=EXACT * np.abs(reference).max())

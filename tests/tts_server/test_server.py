@@ -46,14 +46,27 @@ def audio_of(frames) -> np.ndarray:
 
 
 def reference_audio(engine, texts: list[str]) -> np.ndarray:
-    """What the pipeline must produce: the engine's chunks, resampled to 48 kHz in one shot."""
+    """What the pipeline must produce: the engine's chunks, resampled to 48 kHz in one shot.
+
+    The text is synthesised again, and the decoder's chunks follow the machine's speed: the
+    audio may differ from the server's by float32 reordering (see :func:`assert_same_audio`).
+    """
     native = np.concatenate([np.concatenate(list(engine.synthesize(t))) for t in texts])
     return soxr.resample(native, engine.sample_rate, 48_000, quality="HQ")
+
+
+def assert_same_audio(audio: np.ndarray, reference: np.ndarray) -> None:
+    """Equal up to float32 reordering: measured ≤ 1.2e-6 of the peak (0 when both runs decoded
+    the same chunks), bound EXACT = 1e-5 of the peak (tests/conftest.py)."""
+    from tests.conftest import EXACT
+
+    np.testing.assert_allclose(audio, reference, rtol=0, atol=EXACT * np.abs(reference).max())
 
 
 # -- the seed-004 protocol -------------------------------------------------------------------
 
 
+@pytest.mark.numerical
 async def test_seed_flow_audio_for_a_sentence_arrives_before_any_flush(make_server, soprano_engine):
     base, _ = await make_server(soprano_engine)
     async with websockets.connect(ws_url(base)) as ws:
@@ -68,7 +81,7 @@ async def test_seed_flow_audio_for_a_sentence_arrives_before_any_flush(make_serv
     audio = audio_of(frames)
     assert len(audio) == SEGMENT_SAMPLES_48K
     assert np.isfinite(audio).all() and np.abs(audio).max() > 0
-    np.testing.assert_allclose(audio, reference_audio(soprano_engine, ["Hello world!"]), atol=1e-6)
+    assert_same_audio(audio, reference_audio(soprano_engine, ["Hello world!"]))
 
 
 async def test_audio_is_sent_per_decoded_chunk_not_per_sentence(make_server, soprano_engine):
@@ -341,6 +354,7 @@ async def test_too_much_pending_text_is_refused_without_losing_the_buffer(make_s
 # -- HTTP --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.numerical
 async def test_api_speak_returns_48k_wav_equal_to_the_stream(make_server, soprano_engine):
     base, _ = await make_server(soprano_engine)
     text = "The first sentence. And then a second one!"
@@ -353,9 +367,13 @@ async def test_api_speak_returns_48k_wav_equal_to_the_stream(make_server, sopran
     assert rate == rate16 == 48_000 and f32.dtype == np.float32 and s16.dtype == np.int16
     streamed, _ = await say(text, ws_url(base))
     reference = reference_audio(soprano_engine, ["The first sentence.", "And then a second one!"])
-    np.testing.assert_allclose(f32, reference, atol=1e-6)
-    np.testing.assert_array_equal(streamed, f32)
-    np.testing.assert_array_equal(s16, np.round(np.clip(f32, -1, 1) * 32767).astype(np.int16))
+    assert_same_audio(f32, reference)
+    # The stream and the s16 request are syntheses of their own: equal up to float32 reordering (asserting
+    # bit-equality failed with 3 threads), so the s16 samples are f32's rounded, give or take that reordering.
+    from tests.conftest import EXACT
+
+    assert_same_audio(streamed, f32)
+    assert np.abs(s16 - f32.astype(np.float64) * 32767).max() <= 0.5 + EXACT * np.abs(f32).max() * 32767
 
 
 @pytest.mark.parametrize(
