@@ -5,7 +5,9 @@ for each client (a WebSocket, an HTTP request, a Discord guild's reply).
 
 Event-loop side: :meth:`Stream.push` cuts tokens into segments at once (the segmenter)
 and queues them; :meth:`Stream.flush`, :meth:`Stream.cancel`, :meth:`Stream.close`;
-:meth:`Stream.get` returns audio and events in order.
+:meth:`Stream.get` returns audio and events in order. :meth:`Stream.push` may run on a
+worker thread instead (the server does so for long tokens, whose segmenting costs
+milliseconds), provided the caller waits for it before calling the others.
 
 Inference-thread side: the scheduler asks each stream for its deadline
 (:meth:`Stream.deadline`) and lets the most urgent one do one chunk of work
@@ -233,6 +235,20 @@ class Stream:
         self.cancel()
         self._closed = True
         self._host.wake()
+
+    @property
+    def busy(self) -> bool:
+        """True while there is work for the client: segments queued or being synthesized, or
+        events it has not taken yet (text still being written, without a sentence end or a
+        flush, does not count: it waits on the client)."""
+        with self._lock:
+            queued = bool(self._work)
+        return queued or self.renderer.busy or not self._out.empty()
+
+    @property
+    def pending_events(self) -> int:
+        """Events (audio included) delivered to the stream and not yet taken with :meth:`get`."""
+        return self._out.qsize()
 
     @property
     def generation(self) -> int:
