@@ -192,9 +192,14 @@ class StreamShares:
             self._held.pop(client.ident, None)
 
 
-def json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    """``{"error": message}`` with ``status``."""
-    return web.json_response({"error": message}, status=status, headers=headers)
+def json_error(
+    status: int, message: str, headers: Mapping[str, str] | None = None, close: bool = False
+) -> web.Response:
+    """``{"error": message}`` with ``status``; ``close``: end the connection after it."""
+    response = web.json_response({"error": message}, status=status, headers=headers)
+    if close:
+        response.force_close()
+    return response
 
 
 class Guards:
@@ -301,7 +306,7 @@ class Guards:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Apply the checks, then the handler; HTTP errors come back as JSON."""
         if self.shutting_down:
-            return json_error(503, "the server is shutting down", {hdrs.CONNECTION: "close"})
+            return json_error(503, "the server is shutting down", close=True)
         if not self.keys and not self.host_allowed(request):
             host = request.headers.get(hdrs.HOST, "")
             return json_error(
@@ -341,7 +346,7 @@ class Guards:
                     return json_error(
                         408,
                         f"the request body did not arrive within {self.settings.request_timeout_s:g} s",
-                        {hdrs.CONNECTION: "close"},
+                        close=True,
                     )
             return await handler(request)
         except web.HTTPException as exc:
@@ -419,6 +424,12 @@ def handler_args(settings: ServerSettings) -> dict[str, Any]:
     aiohttp's ``keepalive_timeout`` is armed when a connection opens and after every
     response; when it fires while no complete request head has arrived, the connection
     is closed. Set to ``request_timeout_s`` it is the timeout for a request's headers
-    (and for an idle keep-alive connection).
+    (and for an idle keep-alive connection). ``lingering_time`` is how long aiohttp keeps
+    reading a body nobody consumed (after a 408, say) before closing: at most 1 s here
+    (its default, 10 s, would give a slow client that much more).
     """
-    return {"keepalive_timeout": settings.request_timeout_s, "access_log_class": RedactingAccessLogger}
+    return {
+        "keepalive_timeout": settings.request_timeout_s,
+        "lingering_time": min(1.0, settings.request_timeout_s),
+        "access_log_class": RedactingAccessLogger,
+    }
