@@ -5,13 +5,17 @@ A thin adapter over :class:`~tts_server.scheduler.Pipeline`: it parses messages
 Protocol parsing never reaches inference; inference never sees JSON. Every request
 first passes :mod:`tts_server.guards` (keys, origins, hosts, fair shares, timeouts).
 
-Event-loop discipline. Nothing whose cost grows with a client's input runs on the
-event loop for long: a token longer than :data:`INLINE_TEXT_CHARS` (up to 10 000
-characters, a few to 30 ms of segmenting) is cut on the text worker thread
-(:class:`TextWorker`) while the loop serves everyone else; the session waits for it
-before reading the client's next message, so order, cancel and the pending-text bound
-stay exact. The loop yields after every message, so a client flooding messages gets
-its turn like the others instead of all of them.
+Event-loop discipline. Nothing whose cost grows with a client's input holds the event
+loop for long: a token longer than :data:`INLINE_TEXT_CHARS` (up to 10 000 characters:
+up to 30 ms of segmenting when it holds 5 000 sentences) is cut in slices of at most
+:data:`LOOP_SLICE_S`, the other clients served in between (:func:`push_sliced`); the
+session reads the client's next message only once it is done, so order, cancel and the
+pending-text bound are exact. The loop also yields after every message, so a client
+flooding messages gets its turn like the others instead of all of them. Why not a
+worker thread: segmenting is Python and holds the GIL, and with a thread doing it every
+socket write of the loop (which releases the GIL) waited up to a 5 ms switch interval to
+get it back; a 10 000-character token stalled the loop 30 ms that way, in slices it
+stalls it about 2 ms.
 
 A client's WebSocket is closed (one INFO line says why): by the client; with 1000 when
 it has been idle for ``idle_timeout_s`` (nothing received, nothing to synthesize or
@@ -34,8 +38,7 @@ import logging
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -63,49 +66,53 @@ from .voice_stage import VoiceProvider
 
 log = logging.getLogger(__name__)
 
-MAX_FRAME_BYTES = 1 << 20
-#: Text up to this many characters is segmented on the event loop (well under a
-#: millisecond); longer text goes to the :class:`TextWorker`.
+#: Largest HTTP body (``/api/speak``): ``max_pending_chars`` of text, JSON-escaped, fits.
+MAX_BODY_BYTES = 1 << 20
+#: Text up to this many characters is cut into segments in one go (well under a
+#: millisecond); longer text is cut in slices of :data:`LOOP_SLICE_S`.
 INLINE_TEXT_CHARS = 256
+#: Longest stretch the event loop spends on one client's text before serving the others.
+LOOP_SLICE_S = 0.002
 #: Seconds a close frame may take to leave before the connection is dropped instead.
 CLOSE_TIMEOUT_S = 2.0
 
-T = TypeVar("T")
+
+def max_frame_bytes(max_token_chars: int) -> int:
+    """Largest WebSocket frame accepted: a ``max_token_chars`` token, every character JSON-escaped
+    as a surrogate pair (12 bytes), and the other fields. Larger frames close the socket (1009)."""
+    return 12 * max_token_chars + 4096
 
 
-class TextWorker:
-    """One thread that segments long text off the event loop, one job at a time, in order.
+async def push_sliced(stream: Stream, text: str, pitch_shift: float | None = None) -> None:
+    """:meth:`Stream.push` on the event loop, letting other clients in every :data:`LOOP_SLICE_S`.
 
-    One thread is enough: segmenting is Python code and holds the GIL, so a second thread
-    would not make it faster; what matters is that the event loop gets the GIL back at
-    every switch interval (5 ms) instead of waiting for the whole job.
+    Cutting 10 000 characters into 5 000 sentences takes about 30 ms; this spends at most
+    about 2 ms of it at a time. Order and the pending-text bound are those of ``push`` (the
+    caller reads the client's next message only after it returns).
+
+    Raises:
+        PendingTextFull: as :meth:`Stream.push` (nothing is added).
     """
+    started = time.perf_counter()
+    for _ in stream.push_steps(text, pitch_shift):
+        if time.perf_counter() - started > LOOP_SLICE_S:
+            await asyncio.sleep(0)
+            started = time.perf_counter()
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-text")
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the worker and return its result (its exception is raised here).
-
-        If the caller is cancelled meanwhile, this still waits for ``fn`` to end before the
-        cancellation goes on, so the caller never touches a stream the worker still uses.
-        """
-        job = self._pool.submit(fn, *args)
-        try:
-            return await asyncio.wrap_future(job)
-        except asyncio.CancelledError:
-            await asyncio.wait({asyncio.wrap_future(job)})
-            raise
-
-    def shutdown(self) -> None:
-        """Finish the job in hand and stop the thread."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+async def estimate_speech_s(text: str) -> float:
+    """:func:`~tts_server.segmenter.estimated_speech_s` in slices (8 000 characters, ~1 ms each)."""
+    total = 0.0
+    for start in range(0, len(text), 8000):
+        if start:
+            await asyncio.sleep(0)
+        total += estimated_speech_s(text[start : start + 8000])
+    return total
 
 
 CONFIG = web.AppKey("config", Config)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 GUARDS = web.AppKey("guards", Guards)
-TEXT_WORKER = web.AppKey("text_worker", TextWorker)
 #: The open /ws/stream sessions (closed with 1001 at shutdown).
 SESSIONS: web.AppKey[set[_Session]] = web.AppKey("sessions")
 STOPPING = web.AppKey("stopping", asyncio.Event)
@@ -130,7 +137,7 @@ def create_app(
     Raises (at start-up, from the runner):
         EngineLoadError: the engine's files are missing or corrupt.
     """
-    app = web.Application(client_max_size=MAX_FRAME_BYTES, handler_args=handler_args(config.server))
+    app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args=handler_args(config.server))
     app[CONFIG] = config
     guards = Guards(config.server, open_paths=("/health",), unmetered_paths=("/health", "/voices"))
     guards.install(app)
@@ -154,16 +161,10 @@ def create_app(
         finally:
             await asyncio.to_thread(built.stop)
 
-    async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[TEXT_WORKER] = worker = TextWorker()
-        yield
-        await asyncio.to_thread(worker.shutdown)
-
     async def shut_down(app: web.Application) -> None:
         await _shut_down(app, owns_pipeline=pipeline is None)
 
     app.cleanup_ctx.append(pipeline_ctx)
-    app.cleanup_ctx.append(worker_ctx)
     app.on_shutdown.append(shut_down)
     app.router.add_get("/ws/stream", ws_stream)
     app.router.add_post("/api/speak", api_speak)
@@ -206,7 +207,6 @@ class _Session:
         ws: the prepared WebSocket.
         stream: its pipeline stream.
         max_token_chars: longest token accepted.
-        worker: segments long tokens off the event loop (``None``: always inline).
         idle_timeout_s: see the module docstring.
         transport: the connection, dropped when a close frame cannot leave.
     """
@@ -217,14 +217,12 @@ class _Session:
         stream: Stream,
         max_token_chars: int,
         *,
-        worker: TextWorker | None = None,
         idle_timeout_s: float = 120.0,
         transport: asyncio.Transport | None = None,
     ) -> None:
         self.ws = ws
         self.stream = stream
         self.max_token_chars = max_token_chars
-        self.worker = worker
         self.idle_timeout_s = idle_timeout_s
         self.transport = transport
         self.events = False
@@ -254,8 +252,8 @@ class _Session:
         if message.token is not None or message.pitch_shift is not None:
             token = message.token or ""
             try:
-                if self.worker is not None and len(token) > INLINE_TEXT_CHARS:
-                    await self.worker.run(self.stream.push, token, message.pitch_shift)
+                if len(token) > INLINE_TEXT_CHARS:
+                    await push_sliced(self.stream, token, message.pitch_shift)
                 else:
                     self.stream.push(token, message.pitch_shift)
             except PendingTextFull as exc:
@@ -331,7 +329,7 @@ async def ws_stream(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     settings = app[CONFIG].server
     client = request[CLIENT]
-    ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0)
+    ws = web.WebSocketResponse(compress=False, max_msg_size=max_frame_bytes(settings.max_token_chars), heartbeat=30.0)
     await ws.prepare(request)
     try:
         stream = app[PIPELINE].open_stream()
@@ -343,7 +341,6 @@ async def ws_stream(request: web.Request) -> web.WebSocketResponse:
         ws,
         stream,
         settings.max_token_chars,
-        worker=app[TEXT_WORKER],
         idle_timeout_s=settings.idle_timeout_s,
         transport=request.transport,
     )
@@ -471,7 +468,6 @@ async def api_speak(request: web.Request) -> web.StreamResponse:
     """
     app = request.app
     settings: ServerSettings = app[CONFIG].server
-    worker = app[TEXT_WORKER]
     fmt = request.query.get("format", "f32")
     if fmt not in ("f32", "s16"):
         return json_error(400, f"format must be f32 or s16, got {fmt!r}")
@@ -499,8 +495,7 @@ async def api_speak(request: web.Request) -> web.StreamResponse:
     text = body.text
     if len(text) > settings.max_pending_chars:
         return json_error(413, f"text is {len(text)} characters; the limit is {settings.max_pending_chars}")
-    long_text = len(text) > INLINE_TEXT_CHARS
-    estimate = await worker.run(estimated_speech_s, text) if long_text else estimated_speech_s(text)
+    estimate = await estimate_speech_s(text)
     if estimate > settings.max_speak_s:
         return json_error(
             413,
@@ -515,10 +510,7 @@ async def api_speak(request: web.Request) -> web.StreamResponse:
     except UnknownVoice as exc:
         return json_error(404, str(exc))
     try:
-        if long_text:
-            await worker.run(stream.push, text, body.pitch_shift)
-        else:
-            stream.push(text, body.pitch_shift)
+        await push_sliced(stream, text, body.pitch_shift)
         stream.flush()
         return await _stream_wav(request, stream, fmt, settings)
     finally:

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterator
 
 import emoji
 
@@ -361,15 +362,30 @@ class Segmenter:
 
     def push(self, token: str) -> list[str]:
         """Add one token; return the segments it completes (cleaned, speakable, in order)."""
+        return [text for text in self.push_steps(token) if text]
+
+    def push_steps(self, token: str) -> Iterator[str]:
+        """Add one token and cut it one segment at a time, for callers that pause in between.
+
+        Each step costs a bounded amount of work (at most a window of ``2 × max_chars``
+        characters scanned and one segment cleaned, well under a millisecond), so a caller
+        on an event loop can let others run between steps however long the token. The
+        token is added at once; the segmenter must not be used otherwise until the
+        iterator is exhausted.
+
+        Yields:
+            Each cut's cleaned text in order; ``""`` for a cut with nothing speakable (dropped
+            by :meth:`push`).
+        """
         token = remove_control_chars(token)
         if self._start:
             self._rebase()
         self._text += token
-        return self._cut(final=False)
+        return self._cuts(final=False)
 
     def flush(self) -> list[str]:
         """End of input: return every remaining segment and empty the buffer."""
-        segments = self._cut(final=True)
+        segments = [text for text in self._cuts(final=True) if text]
         rest = clean_for_speech(self.pending_text)
         self.clear()
         if has_speakable(rest):
@@ -398,20 +414,18 @@ class Segmenter:
 
     # -- cutting ----------------------------------------------------------------------
 
-    def _cut(self, final: bool) -> list[str]:
-        out: list[str] = []
+    def _cuts(self, final: bool) -> Iterator[str]:
         while True:
             end = self._scan(final)
             if end is None and self.pending_chars > self.max_chars:
                 end = self._forced_boundary(final)
             if end is None:
-                return out
+                return
             raw = self._text[self._start : end]
             self._start = _SPACES_AHEAD.match(self._text, end).end()  # type: ignore[union-attr]  # \s* always matches
             self._reset_scan()
             text = clean_for_speech(raw)
-            if has_speakable(text):
-                out.append(text)
+            yield text if has_speakable(text) else ""
 
     def _forced_boundary(self, final: bool) -> int | None:
         """Cut an over-long buffer at a word boundary, never inside the last, incomplete word.
