@@ -201,6 +201,11 @@ def clean_for_speech(text: str) -> str:
     text = remove_control_chars(text)
     if _NEEDS_FULL_CLEAN.search(text):
         text = _clean_markup(text)
+    return _tidy(text)
+
+
+def _tidy(text: str) -> str:
+    """Collapse white space, none before punctuation, no leading punctuation (the last steps of cleaning)."""
     text = _SPACES.sub(" ", text).strip()
     text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
     return _LEADING_JUNK.sub("", text)

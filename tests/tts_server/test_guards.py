@@ -260,3 +260,15 @@ async def test_malformed_requests_get_a_json_error_never_a_500(serve, caplog, me
     assert got == status and expected in data["error"]
     assert headers["Content-Type"].startswith("application/json")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def test_a_clients_share_counts_across_endpoints_and_comes_back(serve):
+    base, _ = await serve({"max_streams_per_client": 1})
+    async with aiohttp.ClientSession() as http:
+        conn = await http.ws_connect(ws(base))
+        status, headers, data = await request(http, "POST", base + "/api/speak", json={"text": "Hi."})
+        assert status == 429 and "1 of 1" in data["error"] and headers["Retry-After"] == "1"
+        assert (await request(http, "GET", base + "/voices"))[0] == 200  # cheap answers are not counted
+        await conn.close()
+        await asyncio.sleep(0.05)
+        assert (await request(http, "POST", base + "/api/speak", json={"text": "Hi."}))[0] == 200
