@@ -469,3 +469,20 @@ async def test_a_cancel_stops_the_rest_of_a_multi_frame_chunk(soprano_dir):
     finally:
         stream.close()
         pipeline.stop()
+
+
+async def test_say_sends_the_key_from_the_environment_and_explains_a_refusal(
+    make_server, soprano_engine, monkeypatch, capsys
+):
+    from tts_server.cli import main
+
+    base, _ = await make_server(soprano_engine, {"server": {"api_keys": ["say-key-0123456789"]}})
+    monkeypatch.setenv("TTS_API_KEY", "say-key-0123456789")
+    audio, _ = await say("Hello there.", ws_url(base))
+    assert len(audio) == SEGMENT_SAMPLES_48K
+    monkeypatch.delenv("TTS_API_KEY")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await say("Hello there.", ws_url(base))
+    assert refused.value.status == 401
+    status = await asyncio.to_thread(main, ["say", "Hi.", "--url", ws_url(base), "--wait", "0", "-o", "/dev/null"])
+    assert status == 1 and "(401): it wants an API key: set TTS_API_KEY" in capsys.readouterr().err
