@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 
+import aiohttp
 import pytest
 import websockets
 
@@ -58,6 +59,15 @@ async def speaking_client(url: str, started: asyncio.Event) -> tuple[int, str, f
             return closed.rcvd.code, closed.rcvd.reason, time.monotonic()
 
 
+async def speaking_http(url: str, started: asyncio.Event) -> bytes:
+    """POST /api/speak a long text; once audio flows, read on: the body must end properly."""
+    async with aiohttp.ClientSession() as http, http.post(url, json={"text": LONG_TEXT}) as r:
+        assert r.status == 200
+        head = await r.content.readexactly(4096)
+        started.set()
+        return head + await r.read()  # a chunked body cut off would raise ClientPayloadError
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_a_signal_closes_both_streams_with_1001_and_exits_0_in_time(tmp_path, signum):
     port = free_port()
@@ -65,14 +75,16 @@ async def test_a_signal_closes_both_streams_with_1001_and_exits_0_in_time(tmp_pa
     try:
         await asyncio.to_thread(wait_healthy, port, server)
         url = f"ws://127.0.0.1:{port}/ws/stream"
-        started = [asyncio.Event(), asyncio.Event()]
-        clients = [asyncio.create_task(speaking_client(url, event)) for event in started]
+        started = [asyncio.Event(), asyncio.Event(), asyncio.Event()]
+        clients = [asyncio.create_task(speaking_client(url, event)) for event in started[:2]]
+        speak = asyncio.create_task(speaking_http(f"http://127.0.0.1:{port}/api/speak", started[2]))
         async with asyncio.timeout(60):
             for event in started:
                 await event.wait()
         sent = time.monotonic()
         server.send_signal(signum)
         results = await asyncio.gather(*clients)
+        wav = await speak
         returncode = await asyncio.to_thread(server.wait, 10)
         exited = time.monotonic()
     finally:
@@ -82,6 +94,7 @@ async def test_a_signal_closes_both_streams_with_1001_and_exits_0_in_time(tmp_pa
     for code, reason, when in results:
         assert code == 1001 and reason == "server shutting down"
         assert when - sent < 5.0  # shutdown_timeout_s, the default
+    assert wav[:4] == b"RIFF" and len(wav) > 4096  # the response ended after the audio already made
     assert returncode == 0, stderr
     assert exited - sent < 5.0, f"exited {exited - sent:.1f} s after the signal"
     assert "Traceback" not in stderr
