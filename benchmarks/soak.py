@@ -6,10 +6,11 @@ Starts ``tts-server`` (its own process, espeak engine by default, 127.0.0.1 on a
 port: loopback only, nothing else is contacted), then:
 
 1. **alone** (the first ``--alone-fraction`` of the time): one honest client speaks a
-   sentence, waits for its ``flushed``, pauses 0.3 s, again. Its TTFA is the time from its
-   flush to the first audio frame.
-2. **noise**: the honest client goes on while noisy clients run, each from its own
-   loopback address (127.0.0.10, .11, ...): one that cancels mid-reply, one that drops its
+   sentence, waits until its listener would have heard the reply out (its audio in real
+   time from the first frame) and 0.3 s more, again. Its TTFA is the time from its flush
+   to the first audio frame.
+2. **noise**: the honest client goes on while noisy clients run (in a process of their
+   own), each from its own loopback address (127.0.0.10, .11, ...): one that cancels mid-reply, one that drops its
    connection mid-audio, one that never reads, one that floods ``x.`` tokens, one that
    sends 10 000-character adversarial tokens, one that asks ``/api/speak`` for 50 KB of
    digits and for real speech (reading some responses, abandoning others), one that
@@ -109,25 +110,31 @@ class Soak:
                         await ws.send_json({"events": True})
                         turn = 0
                         while not self.stopping.is_set():
-                            await self._honest_turn(ws, SENTENCES[turn % len(SENTENCES)])
+                            listened = await self._honest_turn(ws, SENTENCES[turn % len(SENTENCES)])
                             turn += 1
-                            await asyncio.sleep(0.3)
+                            # A listener hears the reply out before the next one comes (the
+                            # server schedules by when each listener runs out of audio: a
+                            # client asking again while its audio still plays is not urgent).
+                            await asyncio.sleep(max(0.0, listened - time.perf_counter()) + 0.3)
                 except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
                     self.error(f"honest client: {type(exc).__name__}")
                     await asyncio.sleep(1)
 
-    async def _honest_turn(self, ws: aiohttp.ClientWebSocketResponse, sentence: str) -> None:
+    async def _honest_turn(self, ws: aiohttp.ClientWebSocketResponse, sentence: str) -> float:
+        """One reply; returns when (perf_counter) a listener would have heard it out."""
         for word in sentence.split(" "):
             await ws.send_json({"token": word + " "})
         phase = self.phase
         sent = time.perf_counter()
         await ws.send_json({"flush": True})
         first = None
+        samples = 0
         async with asyncio.timeout(self.honest_timeout_s):
             while True:
                 msg = await ws.receive()
                 if msg.type == aiohttp.WSMsgType.BINARY:
                     first = first or time.perf_counter()
+                    samples += len(msg.data) // 4
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     event = json.loads(msg.data)
                     if "error" in event:
@@ -140,8 +147,9 @@ class Soak:
                     raise ConnectionError(f"closed: {msg.type.name} {ws.close_code}")
         if first is None:
             self.error("honest client: a reply without audio")
-        else:
-            self.ttfa[phase].append(first - sent)
+            return time.perf_counter()
+        self.ttfa[phase].append(first - sent)
+        return first + samples / 48_000
 
     # -- noise ---------------------------------------------------------------------------------
 
@@ -323,13 +331,8 @@ async def sample(pid: int, base: str, stop: asyncio.Event, rss: list[tuple[float
                     await stop.wait()
 
 
-async def run(args: argparse.Namespace, base: str, pid: int) -> dict:
-    soak = Soak(base, args.pause_s)
-    rss: list[tuple[float, float]] = []
-    health: list[float] = []
-    sampler_stop = asyncio.Event()
-    sampler = asyncio.create_task(sample(pid, base, sampler_stop, rss, health))
-    noise = [
+def noise_clients(soak: Soak) -> list[tuple[str, Callable[[aiohttp.ClientSession], Awaitable[None]]]]:
+    return [
         ("canceller", soak.canceller),
         ("disconnector", soak.disconnector),
         ("never-reader", soak.never_reader),
@@ -341,26 +344,67 @@ async def run(args: argparse.Namespace, base: str, pid: int) -> dict:
         ("malformed", soak.malformed),
         ("foreign origin", soak.foreign_origin),
     ]
+
+
+async def run_noise(args: argparse.Namespace, base: str) -> dict:
+    """The noisy clients, for ``args.duration_s`` (in a process of their own: see :func:`run`)."""
+    soak = Soak(base, args.pause_s)
+    noise = noise_clients(soak)
     chosen = set(args.noise.split(",")) if args.noise else {name for name, _ in noise}
-    unknown = chosen - {name for name, _ in noise}
-    if unknown:
-        raise SystemExit(f"unknown noise {sorted(unknown)}: choose from {', '.join(name for name, _ in noise)}")
-    tasks = [asyncio.create_task(soak.honest())]
-    tasks += [
+    tasks = [
         asyncio.create_task(soak.repeat(name, f"127.0.0.{10 + i}", action))
         for i, (name, action) in enumerate(noise)
         if name in chosen
     ]
-    await asyncio.sleep(args.duration_s * args.alone_fraction)
-    soak.phase = "noise"
     soak.noise_on.set()
-    await asyncio.sleep(args.duration_s * (1 - args.alone_fraction))
+    await asyncio.sleep(args.duration_s)
     soak.stopping.set()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(40):
             await asyncio.gather(*tasks, return_exceptions=True)
     for task in tasks:
         task.cancel()
+    return {"errors": dict(soak.errors), "refusals": dict(soak.refusals), "actions": dict(soak.actions)}
+
+
+async def run(args: argparse.Namespace, base: str, pid: int) -> dict:
+    """The honest client and the sampling here; the noise in a child process, so that its own
+    work (receiving audio, building 10 000-character tokens) does not delay the honest
+    client's measurements: only the server is shared, as between real clients."""
+    known = {name for name, _ in noise_clients(Soak(base, 0.0))}
+    unknown = (set(args.noise.split(",")) if args.noise else set()) - known
+    if unknown:
+        raise SystemExit(f"unknown noise {sorted(unknown)}: choose from {', '.join(sorted(known))}")
+    soak = Soak(base, args.pause_s)
+    rss: list[tuple[float, float]] = []
+    health: list[float] = []
+    sampler_stop = asyncio.Event()
+    sampler = asyncio.create_task(sample(pid, base, sampler_stop, rss, health))
+    honest = asyncio.create_task(soak.honest())
+    await asyncio.sleep(args.duration_s * args.alone_fraction)
+    soak.phase = "noise"
+    noise_s = args.duration_s * (1 - args.alone_fraction)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks.soak",
+        "--noise-only",
+        base,
+        "--duration-s",
+        str(noise_s),
+        "--noise",
+        args.noise,
+        "--pause-s",
+        str(args.pause_s),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await child.communicate()
+    noise = json.loads(out)
+    soak.stopping.set()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(40):
+            await honest
+    honest.cancel()
     # Every stream should end by itself now: closed by its client, or idle / not reading.
     hung = None
     async with aiohttp.ClientSession() as http:
@@ -376,9 +420,9 @@ async def run(args: argparse.Namespace, base: str, pid: int) -> dict:
     return {
         "ttfa": soak.ttfa,
         "server_ttfa": soak.server_ttfa,
-        "errors": dict(soak.errors),
-        "refusals": dict(soak.refusals),
-        "actions": dict(soak.actions),
+        "errors": dict(Counter(soak.errors) + Counter(noise["errors"])),
+        "refusals": noise["refusals"],
+        "actions": noise["actions"],
         "hung_streams": hung,
         "rss_mb": rss,
         "health_s": health,
@@ -394,7 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pause-s", type=float, default=0.5, help="pause between two actions of a noisy client")
     parser.add_argument("--idle-timeout-s", type=float, default=10.0, help="the server's idle_timeout_s")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument("--noise-only", metavar="URL", help=argparse.SUPPRESS)  # the child process of `run`
     args = parser.parse_args(argv)
+    if args.noise_only:
+        print(json.dumps(asyncio.run(run_noise(args, args.noise_only))))
+        return 0
 
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
