@@ -29,6 +29,7 @@ import aiohttp
 from yarl import URL
 
 from tts_server import (
+    API_KEY_ENV,
     Audio,
     Cancelled,
     ConnectionClosed,
@@ -201,10 +202,14 @@ class RemoteConnection:
         url: ``ws://host:port/ws/stream``.
         reconnect_max_s: longest pause between connection attempts.
         name: used in log lines.
+        api_key: sent to servers with API keys (``None``: none).
     """
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, reconnect_max_s: float, name: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, url: str, reconnect_max_s: float, name: str, api_key: str | None = None
+    ) -> None:
         self.url = url
+        self.api_key = api_key
         self.name = name
         self.reconnect_max_s = reconnect_max_s
         self.last_error = "not connected yet"
@@ -306,9 +311,11 @@ class RemoteConnection:
         delay = RECONNECT_INITIAL_S
         while not self._closed:
             try:
-                client = await StreamClient.connect(self.url, session=self._session, events=True)
+                client = await StreamClient.connect(self.url, session=self._session, events=True, api_key=self.api_key)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if isinstance(exc, aiohttp.WSServerHandshakeError):
+                    self.last_error = _refusal(exc)
                 self.next_attempt_at = time.monotonic() + delay
                 log.warning(
                     "%s: cannot connect to the TTS server at %s (%s); retrying in %.1f s",
@@ -365,6 +372,16 @@ class RemoteConnection:
                 await self._events.put((self._epoch, event))
 
 
+def _refusal(exc: aiohttp.WSServerHandshakeError) -> str:
+    """Why a tts-server refused the WebSocket, in words."""
+    reasons = {
+        401: f"it wants an API key: set {API_KEY_ENV}",
+        403: "it refused this origin or host name",
+        429: "this bot holds all the streams its key or address may (raise max_streams for its key)",
+    }
+    return f"refused with {exc.status}: {reasons.get(exc.status, exc.message)}"
+
+
 class RemoteStream:
     """A :class:`TTSStream` for one reply over a server's :class:`RemoteConnection`."""
 
@@ -405,10 +422,15 @@ class RemoteTTS:
         url: ``ws://host:port/ws/stream``.
         connect_timeout_s: how long a reply waits for the connection before failing.
         reconnect_max_s: longest pause between reconnection attempts.
+        api_key: sent to a server with API keys (``Authorization: Bearer``); the bot passes
+            the ``TTS_API_KEY`` environment variable.
     """
 
-    def __init__(self, url: str, connect_timeout_s: float = 5.0, reconnect_max_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str, connect_timeout_s: float = 5.0, reconnect_max_s: float = 30.0, api_key: str | None = None
+    ) -> None:
         self.url = url
+        self.api_key = api_key
         self.connect_timeout_s = connect_timeout_s
         self.reconnect_max_s = reconnect_max_s
         self.description = f"remote tts-server at {url}"
@@ -421,7 +443,7 @@ class RemoteTTS:
         if conn is None:
             if self._session is None:
                 self._session = aiohttp.ClientSession()
-            conn = RemoteConnection(self._session, self.url, self.reconnect_max_s, name=f"guild {key}")
+            conn = RemoteConnection(self._session, self.url, self.reconnect_max_s, f"guild {key}", self.api_key)
             self._connections[key] = conn
         return conn
 
@@ -454,8 +476,9 @@ class RemoteTTS:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         try:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
             async with self._session.get(
-                self.voices_url(), timeout=aiohttp.ClientTimeout(total=self.connect_timeout_s)
+                self.voices_url(), headers=headers, timeout=aiohttp.ClientTimeout(total=self.connect_timeout_s)
             ) as r:
                 r.raise_for_status()
                 listing = await r.json()

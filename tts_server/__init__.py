@@ -12,6 +12,7 @@ The stages, one module each, in the order audio flows::
     events.py         what flows out of a stream, and the pipeline's errors
     protocol.py       the /ws/stream wire format, both directions
     app.py            the aiohttp application (/ws/stream, /api/speak, /health, /voices)
+    guards.py         what every request passes first: keys, origins, hosts, fair shares
     client.py         the /ws/stream client (``tts-server say``, the bot's remote mode)
     config.py         the one loader of config.toml, and the server's sections
     service.py        assembling a running pipeline from the configuration
@@ -25,7 +26,7 @@ from __future__ import annotations
 from rvc import PITCH_SHIFT_LIMIT
 
 from .app import create_app
-from .client import ConnectionClosed, ServerEvent, StreamClient, text_pieces
+from .client import API_KEY_ENV, ConnectionClosed, ServerEvent, StreamClient, text_pieces
 from .config import Config, ConfigError, ConfigFile, load_config
 from .engines import EngineLoadError, PrefillingEngine, TTSEngine, load_engine
 from .events import (
@@ -49,6 +50,7 @@ from .voice_catalog import VoiceCatalog
 from .voice_stage import DefaultVoiceOnly, Passthrough, VoiceProvider, VoiceStage
 
 __all__ = [
+    "API_KEY_ENV",
     "OUTPUT_SAMPLE_RATE",
     "PITCH_SHIFT_LIMIT",
     "Audio",

@@ -2,7 +2,30 @@
 
 A thin adapter over :class:`~tts_server.scheduler.Pipeline`: it parses messages
 (:mod:`tts_server.protocol`), feeds the client's stream and writes its events back.
-Protocol parsing never reaches inference; inference never sees JSON.
+Protocol parsing never reaches inference; inference never sees JSON. Every request
+first passes :mod:`tts_server.guards` (keys, origins, hosts, fair shares, timeouts).
+
+Event-loop discipline. Nothing whose cost grows with a client's input holds the event
+loop for long: a token longer than :data:`INLINE_TEXT_CHARS` (up to 10 000 characters:
+up to 30 ms of segmenting when it holds 5 000 sentences) is cut in slices of at most
+:data:`LOOP_SLICE_S`, the other clients served in between (:func:`push_sliced`); the
+session reads the client's next message only once it is done, so order, cancel and the
+pending-text bound are exact. The loop also yields after every message, so a client
+flooding messages gets its turn like the others instead of all of them. Why not a
+worker thread: segmenting is Python and holds the GIL, and with a thread doing it every
+socket write of the loop (which releases the GIL) waited up to a 5 ms switch interval to
+get it back; a 10 000-character token stalled the loop 30 ms that way, in slices it
+stalls it about 2 ms.
+
+A client's WebSocket is closed (one INFO line says why): by the client; with 1000 when
+it has been idle for ``idle_timeout_s`` (nothing received, nothing to synthesize or
+send); with 1008 when it has not read its audio for as long; with 1001 when the server
+shuts down (after the chunk in flight has been sent).
+
+``POST /api/speak`` streams its WAV (chunked) as the audio is synthesized. Peak memory
+per request: the queued audio of one stream (``stream_queue_s``, 5.8 MB of float32 at
+the default 30 s: a client that does not read pauses synthesis), one chunk being encoded,
+and the text (at most ``max_pending_chars``).
 """
 
 from __future__ import annotations
@@ -12,27 +35,87 @@ import contextlib
 import io
 import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Annotated
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 
-from .config import Config
+from .config import Config, ServerSettings
 from .engines import TTSEngine
-from .events import OUTPUT_SAMPLE_RATE, Audio, Cancelled, PendingTextFull, PipelineBusy, StreamError, UnknownVoice
+from .events import (
+    OUTPUT_SAMPLE_RATE,
+    Audio,
+    Cancelled,
+    Flushed,
+    PendingTextFull,
+    PipelineBusy,
+    StreamError,
+    UnknownVoice,
+)
+from .guards import CLIENT, Guards, handler_args, json_error, warn_if_exposed
 from .protocol import PitchShift, ProtocolError, audio_frames, event_json, parse_message
 from .scheduler import Pipeline
+from .segmenter import estimated_speech_s
 from .service import build_pipeline
 from .stream import Stream
 from .voice_stage import VoiceProvider
 
 log = logging.getLogger(__name__)
 
+#: Largest HTTP body (``/api/speak``): ``max_pending_chars`` of text, JSON-escaped, fits.
+MAX_BODY_BYTES = 1 << 20
+#: Text up to this many characters is cut into segments in one go (well under a
+#: millisecond); longer text is cut in slices of :data:`LOOP_SLICE_S`.
+INLINE_TEXT_CHARS = 256
+#: Longest stretch the event loop spends on one client's text before serving the others.
+LOOP_SLICE_S = 0.002
+#: Seconds a close frame may take to leave before the connection is dropped instead.
+CLOSE_TIMEOUT_S = 2.0
+
+
+def max_frame_bytes(max_token_chars: int) -> int:
+    """Largest WebSocket frame accepted: a ``max_token_chars`` token, every character JSON-escaped
+    as a surrogate pair (12 bytes), and the other fields. Larger frames close the socket (1009)."""
+    return 12 * max_token_chars + 4096
+
+
+async def push_sliced(stream: Stream, text: str, pitch_shift: float | None = None) -> None:
+    """:meth:`Stream.push` on the event loop, letting other clients in every :data:`LOOP_SLICE_S`.
+
+    Cutting 10 000 characters into 5 000 sentences takes about 30 ms; this spends at most
+    about 2 ms of it at a time. Order and the pending-text bound are those of ``push`` (the
+    caller reads the client's next message only after it returns).
+
+    Raises:
+        PendingTextFull: as :meth:`Stream.push` (nothing is added).
+    """
+    started = time.perf_counter()
+    for _ in stream.push_steps(text, pitch_shift):
+        if time.perf_counter() - started > LOOP_SLICE_S:
+            await asyncio.sleep(0)
+            started = time.perf_counter()
+
+
+async def estimate_speech_s(text: str) -> float:
+    """:func:`~tts_server.segmenter.estimated_speech_s` in slices (8 000 characters, ~1 ms each)."""
+    total = 0.0
+    for start in range(0, len(text), 8000):
+        if start:
+            await asyncio.sleep(0)
+        total += estimated_speech_s(text[start : start + 8000])
+    return total
+
+
 CONFIG = web.AppKey("config", Config)
 PIPELINE = web.AppKey("pipeline", Pipeline)
-MAX_FRAME_BYTES = 1 << 20
+GUARDS = web.AppKey("guards", Guards)
+#: The open /ws/stream sessions (closed with 1001 at shutdown).
+SESSIONS: web.AppKey[set[_Session]] = web.AppKey("sessions")
+STOPPING = web.AppKey("stopping", asyncio.Event)
 
 
 def create_app(
@@ -54,10 +137,16 @@ def create_app(
     Raises (at start-up, from the runner):
         EngineLoadError: the engine's files are missing or corrupt.
     """
-    app = web.Application(client_max_size=MAX_FRAME_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args=handler_args(config.server))
     app[CONFIG] = config
+    guards = Guards(config.server, open_paths=("/health",), unmetered_paths=("/health", "/voices"))
+    guards.install(app)
+    app[GUARDS] = guards
+    app[SESSIONS] = set[_Session]()
 
     async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[STOPPING] = asyncio.Event()
+        warn_if_exposed(config.server)
         if pipeline is not None:
             app[PIPELINE] = pipeline
             yield
@@ -72,7 +161,11 @@ def create_app(
         finally:
             await asyncio.to_thread(built.stop)
 
+    async def shut_down(app: web.Application) -> None:
+        await _shut_down(app, owns_pipeline=pipeline is None)
+
     app.cleanup_ctx.append(pipeline_ctx)
+    app.on_shutdown.append(shut_down)
     app.router.add_get("/ws/stream", ws_stream)
     app.router.add_post("/api/speak", api_speak)
     app.router.add_get("/health", health)
@@ -80,17 +173,64 @@ def create_app(
     return app
 
 
+async def _shut_down(app: web.Application, owns_pipeline: bool) -> None:
+    """SIGTERM/SIGINT (aiohttp's ``on_shutdown``, after it stopped accepting connections).
+
+    New requests get 503. The inference thread stops after the chunk in flight; what
+    was synthesized is sent; then every WebSocket gets 1001 and ``/api/speak`` responses
+    end. All within about half of ``shutdown_timeout_s``: aiohttp's own wait for the
+    handlers and the cleanup take the rest.
+    """
+    settings = app[CONFIG].server
+    app[GUARDS].shutting_down = True
+    app[STOPPING].set()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.shutdown_timeout_s / 2
+    open_sessions = app[SESSIONS]
+    sessions = list(open_sessions)
+    log.info("shutting down: %d WebSocket streams open", len(sessions))
+    if owns_pipeline and PIPELINE in app:
+        await asyncio.to_thread(app[PIPELINE].stop, max(0.0, deadline - loop.time()))
+    else:
+        for session in sessions:
+            session.stream.close()  # not ours to stop: drop what its thread would still make
+    await asyncio.gather(*(session.shut_down(deadline) for session in sessions))
+
+
 # -- /ws/stream ------------------------------------------------------------------------------
 
 
 class _Session:
-    """One WebSocket client: its stream and whether it opted in to JSON events."""
+    """One WebSocket client: its stream, whether it opted in to JSON events, and its liveliness.
 
-    def __init__(self, ws: web.WebSocketResponse, stream: Stream, max_token_chars: int) -> None:
+    Args:
+        ws: the prepared WebSocket.
+        stream: its pipeline stream.
+        max_token_chars: longest token accepted.
+        idle_timeout_s: see the module docstring.
+        transport: the connection, dropped when a close frame cannot leave.
+    """
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        stream: Stream,
+        max_token_chars: int,
+        *,
+        idle_timeout_s: float = 120.0,
+        transport: asyncio.Transport | None = None,
+    ) -> None:
         self.ws = ws
         self.stream = stream
         self.max_token_chars = max_token_chars
+        self.idle_timeout_s = idle_timeout_s
+        self.transport = transport
         self.events = False
+        self.last_activity = time.monotonic()
+        self.sending_since: float | None = None  # a frame is being written (the client may not read)
+        self.shutting_down = False
+        self.close_reason: str | None = None
+        self._drained = asyncio.Event()  # the sender waits for an event with nothing queued
 
     async def handle_text(self, data: str) -> None:
         try:
@@ -110,12 +250,24 @@ class _Session:
             except UnknownVoice as exc:
                 await self.ws.send_json({"error": str(exc)})
         if message.token is not None or message.pitch_shift is not None:
+            token = message.token or ""
             try:
-                self.stream.push(message.token or "", message.pitch_shift)
+                if len(token) > INLINE_TEXT_CHARS:
+                    await push_sliced(self.stream, token, message.pitch_shift)
+                else:
+                    self.stream.push(token, message.pitch_shift)
             except PendingTextFull as exc:
                 await self.ws.send_json({"error": str(exc)})
         if message.flush:
             self.stream.flush()
+
+    async def _send(self, send: Callable[[Any], Any], data: Any) -> None:
+        self.sending_since = time.monotonic()
+        try:
+            await send(data)
+        finally:
+            self.sending_since = None
+        self.last_activity = time.monotonic()
 
     async def send_events(self) -> None:
         """Write the stream's audio (binary) and events (text) to the socket, in order.
@@ -123,48 +275,116 @@ class _Session:
         A cancel between two frames of one event stops the rest of it, so nothing of
         the cancelled audio follows the ``cancelled`` acknowledgement.
         """
-        async for event in self.stream.events():
+        while True:
+            if not self.stream.pending_events:
+                self._drained.set()
+            event = await self.stream.get()
+            self._drained.clear()
             if isinstance(event, Audio):
                 generation = self.stream.generation
                 for frame in audio_frames(event.pcm):
                     if self.stream.generation != generation:
                         break
-                    await self.ws.send_bytes(frame)
+                    await self._send(self.ws.send_bytes, frame)
             elif isinstance(event, StreamError) or self.events:
-                await self.ws.send_str(event_json(event))
+                await self._send(self.ws.send_str, event_json(event))
+
+    async def watch(self) -> None:
+        """Close the socket when the client is idle or does not read (see the module docstring)."""
+        timeout = self.idle_timeout_s
+        while not self.ws.closed:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            now = time.monotonic()
+            if self.sending_since is not None and now - self.sending_since >= timeout:
+                await self.close(WSCloseCode.POLICY_VIOLATION, f"not reading: no audio taken for {timeout:g} s")
+                return
+            if self.sending_since is None and not self.stream.busy and now - self.last_activity >= timeout:
+                await self.close(WSCloseCode.OK, f"idle for {timeout:g} s")
+                return
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send a close frame; drop the connection if it cannot leave within :data:`CLOSE_TIMEOUT_S`."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        if self.ws.closed:
+            return
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self.ws.close(code=code, message=reason.encode())
+        except (TimeoutError, ConnectionError, RuntimeError):
+            if self.transport is not None:
+                self.transport.abort()
+
+    async def shut_down(self, deadline: float) -> None:
+        """Send what was synthesized (until ``deadline``, loop time), then close with 1001."""
+        self.shutting_down = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self._drained.wait()
+        await self.close(WSCloseCode.GOING_AWAY, "server shutting down")
 
 
 async def ws_stream(request: web.Request) -> web.WebSocketResponse:
     """``GET /ws/stream``: the seed-004 streaming protocol (see :mod:`tts_server.protocol`)."""
-    config = request.app[CONFIG]
-    pipeline = request.app[PIPELINE]
-    ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0)
+    app = request.app
+    settings = app[CONFIG].server
+    client = request[CLIENT]
+    ws = web.WebSocketResponse(compress=False, max_msg_size=max_frame_bytes(settings.max_token_chars), heartbeat=30.0)
     await ws.prepare(request)
     try:
-        stream = pipeline.open_stream()
+        stream = app[PIPELINE].open_stream()
     except PipelineBusy as exc:
+        log.info("WebSocket from %s refused: %s", client.label, exc)
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=str(exc).encode())
         return ws
-    session = _Session(ws, stream, config.server.max_token_chars)
+    session = _Session(
+        ws,
+        stream,
+        settings.max_token_chars,
+        idle_timeout_s=settings.idle_timeout_s,
+        transport=request.transport,
+    )
+    app[SESSIONS].add(session)
+    opened = time.monotonic()
     sender = asyncio.create_task(session.send_events())
+    watcher = asyncio.create_task(session.watch())
+    lost: str | None = None
     try:
         async for msg in ws:
+            session.last_activity = time.monotonic()
+            if session.shutting_down:
+                continue
             if msg.type == WSMsgType.TEXT:
                 await session.handle_text(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 await ws.send_json({"error": "binary frames are not accepted: send JSON text frames"})
             elif msg.type == WSMsgType.ERROR:
+                lost = f"connection error ({ws.exception() or 'unknown'})"
                 break
             if sender.done():
                 break
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+            await asyncio.sleep(0)  # let other clients' messages in before this client's next one
+    except (ConnectionError, RuntimeError) as exc:  # the client vanished while we answered it
+        lost = f"connection lost ({type(exc).__name__})"
     finally:
+        app[SESSIONS].discard(session)
         stream.close()
+        watcher.cancel()
         sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
-            await sender
+        for task in (watcher, sender):
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
+                await task
+        reason = session.close_reason or lost or _client_close_reason(ws)
+        log.info(
+            "stream %d from %s closed after %.1f s: %s", stream.id, client.label, time.monotonic() - opened, reason
+        )
     return ws
+
+
+def _client_close_reason(ws: web.WebSocketResponse) -> str:
+    if ws.close_code is None:
+        return "connection lost"
+    return f"client closed ({ws.close_code})"
 
 
 # -- /api/speak and /health ------------------------------------------------------------------
@@ -176,10 +396,6 @@ class SpeakRequest(msgspec.Struct, forbid_unknown_fields=True):
     text: Annotated[str, msgspec.Meta(min_length=1)]
     pitch_shift: PitchShift = 0.0
     voice: str | None = None
-
-
-def _json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 def encode_wav(audio: np.ndarray, sample_rate: int, fmt: str = "f32") -> bytes:
@@ -195,33 +411,152 @@ def encode_wav(audio: np.ndarray, sample_rate: int, fmt: str = "f32") -> bytes:
     return buf.getvalue()
 
 
-async def api_speak(request: web.Request) -> web.Response:
-    """``POST /api/speak`` ``{"text", "pitch_shift"}`` → ``audio/wav`` at 48 kHz (``?format=s16`` for 16-bit)."""
-    config = request.app[CONFIG]
+_UNKNOWN_SIZE = 0xFFFFFFFF
+
+
+def wav_stream_header(sample_rate: int, fmt: str = "f32") -> bytes:
+    """The header of a mono WAV whose length is not known yet (its sizes are ``0xFFFFFFFF``).
+
+    ``"f32"``: IEEE float (format 3, with the ``fact`` chunk it requires); ``"s16"``: 16-bit
+    PCM. Readers take the data up to the end of the body (scipy warns and reads it).
+    Layout from the RIFF WAVE specification (Microsoft, 1991; float in its 1994 update).
+    """
+    if fmt == "s16":
+        fmt_chunk = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+        extra = b""
+    else:
+        fmt_chunk = struct.pack("<4sIHHIIHHH", b"fmt ", 18, 3, 1, sample_rate, sample_rate * 4, 4, 32, 0)
+        extra = struct.pack("<4sII", b"fact", 4, _UNKNOWN_SIZE)
+    return (
+        struct.pack("<4sI4s", b"RIFF", _UNKNOWN_SIZE, b"WAVE")
+        + fmt_chunk
+        + extra
+        + struct.pack("<4sI", b"data", _UNKNOWN_SIZE)
+    )
+
+
+def _pcm_bytes(pcm: np.ndarray, fmt: str) -> bytes:
+    if fmt == "s16":
+        return np.round(np.clip(pcm, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    return pcm.astype("<f4", copy=False).tobytes()
+
+
+async def _next_event(stream: Stream, stopping: asyncio.Event) -> Any | None:
+    """The stream's next event, or ``None`` once the server stops and nothing more is queued."""
+    if stopping.is_set():
+        return await stream.get() if stream.pending_events else None
+    getter = asyncio.ensure_future(stream.get())
+    stopper = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not getter.done():
+            getter.cancel()
+    if getter.done() and not getter.cancelled():
+        return getter.result()
+    return await stream.get() if stream.pending_events else None
+
+
+async def api_speak(request: web.Request) -> web.StreamResponse:
+    """``POST /api/speak`` ``{"text", "pitch_shift", "voice"}`` → ``audio/wav`` at 48 kHz, streamed.
+
+    ``?format=s16`` for 16-bit PCM (default IEEE float32). Refused with 400 (malformed
+    JSON or fields, invalid UTF-8), 413 (more than ``max_pending_chars`` characters, or
+    an estimated ``max_speak_s`` of speech), 415 (not JSON, or not UTF-8), 404 (unknown
+    voice), 503 (no stream free).
+    """
+    app = request.app
+    settings: ServerSettings = app[CONFIG].server
     fmt = request.query.get("format", "f32")
     if fmt not in ("f32", "s16"):
-        return _json_error(400, f"format must be f32 or s16, got {fmt!r}")
+        return json_error(400, f"format must be f32 or s16, got {fmt!r}")
+    if hdrs.CONTENT_TYPE in request.headers:
+        ctype = request.content_type
+        if ctype != "application/json" and not ctype.endswith("+json"):
+            return json_error(415, f"the body must be JSON (Content-Type: application/json), got {ctype!r}")
+    charset = (request.charset or "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        return json_error(415, f"the body must be UTF-8 (as JSON is), got charset={charset!r}")
     try:
-        raw = json.loads(await request.text())
+        raw = json.loads((await request.read()).decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return json_error(400, f"the body is not valid UTF-8: {exc}")
     except ValueError as exc:
-        return _json_error(400, f"malformed JSON: {exc}")
+        return json_error(400, f"malformed JSON: {exc}")
+    except RecursionError:
+        return json_error(400, "malformed JSON: nested too deeply")
     try:
         body = msgspec.convert(raw, SpeakRequest)
     except msgspec.ValidationError as exc:
-        return _json_error(400, f"invalid request: {exc}")
+        return json_error(400, f"invalid request: {exc}")
     if not np.isfinite(body.pitch_shift):
-        return _json_error(400, "pitch_shift must be a finite number")
-    if len(body.text) > config.server.max_pending_chars:
-        return _json_error(413, f"text is {len(body.text)} characters; the limit is {config.server.max_pending_chars}")
+        return json_error(400, "pitch_shift must be a finite number")
+    text = body.text
+    if len(text) > settings.max_pending_chars:
+        return json_error(413, f"text is {len(text)} characters; the limit is {settings.max_pending_chars}")
+    estimate = await estimate_speech_s(text)
+    if estimate > settings.max_speak_s:
+        return json_error(
+            413,
+            f"the text would take about {estimate:.0f} s to speak; the limit is {settings.max_speak_s:g} s "
+            "(max_speak_s): split it, or stream it through /ws/stream",
+        )
+    pipeline = app[PIPELINE]
     try:
-        audio = await request.app[PIPELINE].speak(body.text, body.pitch_shift, body.voice)
+        stream = pipeline.open_stream(voice=body.voice)
     except PipelineBusy as exc:
-        return _json_error(503, str(exc))
+        return json_error(503, str(exc))
     except UnknownVoice as exc:
-        return _json_error(404, str(exc))
-    except RuntimeError as exc:
-        return _json_error(500, str(exc))
-    return web.Response(body=encode_wav(audio, OUTPUT_SAMPLE_RATE, fmt), content_type="audio/wav")
+        return json_error(404, str(exc))
+    try:
+        await push_sliced(stream, text, body.pitch_shift)
+        stream.flush()
+        return await _stream_wav(request, stream, fmt, settings)
+    finally:
+        stream.close()
+
+
+async def _stream_wav(request: web.Request, stream: Stream, fmt: str, settings: ServerSettings) -> web.StreamResponse:
+    """Write the stream's audio as a chunked WAV, until its ``Flushed``, ``max_speak_s`` or shutdown."""
+    client = request[CLIENT]
+    stopping = request.app[STOPPING]
+    limit = int(settings.max_speak_s * OUTPUT_SAMPLE_RATE)
+    written = 0
+    response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "audio/wav"})
+    response.enable_chunked_encoding()
+    try:
+        while written < limit:
+            event = await _next_event(stream, stopping)
+            if event is None or isinstance(event, Flushed):
+                break
+            if isinstance(event, StreamError):
+                if not response.prepared:
+                    return json_error(500, f"synthesis failed: {event.message}")
+                log.warning("/api/speak for %s: %s (the audio ends here)", client.label, event.message)
+                break
+            if not isinstance(event, Audio):
+                continue
+            if not response.prepared:  # the status is sent with the first audio: errors before it are JSON
+                await response.prepare(request)
+                await response.write(wav_stream_header(OUTPUT_SAMPLE_RATE, fmt))
+            pcm = event.pcm[: limit - written]
+            written += pcm.size
+            async with asyncio.timeout(settings.idle_timeout_s):
+                await response.write(_pcm_bytes(pcm, fmt))
+        if written >= limit:
+            log.info("/api/speak for %s stopped at max_speak_s (%g s)", client.label, settings.max_speak_s)
+        if not response.prepared:  # nothing speakable in the text: an empty WAV
+            await response.prepare(request)
+            await response.write(wav_stream_header(OUTPUT_SAMPLE_RATE, fmt))
+        await response.write_eof()
+    except TimeoutError:
+        log.info("/api/speak for %s: the client stopped reading; dropped", client.label)
+        if request.transport is not None:
+            request.transport.abort()
+    except ConnectionError:
+        log.info("/api/speak for %s: the client disconnected", client.label)
+    return response
 
 
 async def health(request: web.Request) -> web.Response:

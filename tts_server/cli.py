@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +32,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _say_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("say", help="speak text through a running server's /ws/stream and save a WAV")
+    p = sub.add_parser(
+        "say",
+        help="speak text through a running server's /ws/stream and save a WAV",
+        description="Speak text through a running server's /ws/stream and save a WAV. "
+        "A server with API keys wants one: it is read from the TTS_API_KEY environment variable.",
+    )
     p.add_argument("text", help="text to speak")
     p.add_argument("-o", "--output", type=Path, default=Path("say.wav"), help="WAV file to write")
     p.add_argument("--url", default="ws://127.0.0.1:8765/ws/stream", help="the server's /ws/stream URL")
@@ -76,12 +83,32 @@ def serve(args: argparse.Namespace) -> int:
         print(f"tts-server: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.server.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(config)
+    app.on_startup.append(_freeze_startup_objects)
     try:
-        web.run_app(create_app(config), host=config.server.host, port=config.server.port, print=None)
+        # SIGTERM and SIGINT stop it gracefully (aiohttp's handlers; the application's
+        # on_shutdown closes every stream): run_app returns, and the status is 0.
+        web.run_app(
+            app,
+            host=config.server.host,
+            port=config.server.port,
+            print=None,
+            shutdown_timeout=config.server.shutdown_timeout_s / 4,  # on_shutdown takes up to half
+        )
     except (EngineLoadError, VoiceFileError, FileNotFoundError, ValueError) as exc:
         print(f"tts-server: cannot start: {exc}", file=sys.stderr)
         return 2
+    log.info("stopped")
     return 0
+
+
+async def _freeze_startup_objects(app: object) -> None:
+    """Once the engine is loaded: keep its objects (and torch's, and the app's) out of the
+    garbage collector's sight. Otherwise each full collection scans them all, about 0.3 s
+    during which the event loop stands still (measured under a flood of small messages);
+    they live as long as the process anyway."""
+    gc.collect()
+    gc.freeze()
 
 
 async def say(text: str, url: str, pitch_shift: float = 0.0, timeout_s: float = 120.0, wait_s: float = 0.0):
@@ -98,12 +125,13 @@ async def say(text: str, url: str, pitch_shift: float = 0.0, timeout_s: float = 
     """
     import numpy as np
 
-    from .client import ConnectionClosed, StreamClient, text_pieces
+    from .client import API_KEY_ENV, ConnectionClosed, StreamClient, text_pieces
     from .events import Audio, Flushed, StreamError
 
     parts: list[np.ndarray] = []
     first_audio = None
-    async with await StreamClient.connect(url, wait_s=wait_s, heartbeat_s=None) as client:
+    api_key = os.environ.get(API_KEY_ENV) or None
+    async with await StreamClient.connect(url, wait_s=wait_s, heartbeat_s=None, api_key=api_key) as client:
         for piece in text_pieces(text):
             await client.push(piece, pitch_shift)
         sent = time.perf_counter()
@@ -129,10 +157,19 @@ def say_command(args: argparse.Namespace) -> int:
     import aiohttp
 
     from .app import encode_wav
+    from .client import API_KEY_ENV
     from .events import OUTPUT_SAMPLE_RATE
 
     try:
         audio, ttfa = asyncio.run(say(args.text, args.url, args.pitch_shift, args.timeout, args.wait))
+    except aiohttp.WSServerHandshakeError as exc:
+        why = {
+            401: f"it wants an API key: set {API_KEY_ENV}",
+            403: "it refused this origin or host name",
+            429: "this client holds all the streams it may",
+        }.get(exc.status, exc.message)
+        print(f"tts-server say: the server at {args.url} refused the connection ({exc.status}): {why}", file=sys.stderr)
+        return 1
     except (aiohttp.ClientError, OSError, RuntimeError, TimeoutError) as exc:
         print(f"tts-server say: {exc or type(exc).__name__} (is the server running at {args.url}?)", file=sys.stderr)
         return 1

@@ -24,6 +24,10 @@ import msgspec
 from .events import Audio, Cancelled, Flushed, SegmentDone, StreamError
 from .protocol import client_message, decode_audio, decode_event
 
+#: Environment variable a client's API key is read from (``tts-server say``, the bot's remote
+#: mode); the server's own list is ``TTS_API_KEYS``.
+API_KEY_ENV = "TTS_API_KEY"
+
 #: What :meth:`StreamClient.receive` returns.
 ServerEvent = Audio | SegmentDone | Flushed | StreamError | Cancelled
 
@@ -76,6 +80,7 @@ class StreamClient:
         wait_s: float = 0.0,
         heartbeat_s: float | None = 30.0,
         headers: dict[str, str] | None = None,
+        api_key: str | None = None,
     ) -> StreamClient:
         """Connect to ``url`` (``ws://host:port/ws/stream``).
 
@@ -85,10 +90,16 @@ class StreamClient:
             wait_s: keep retrying a refused connection this long (a server still starting).
             heartbeat_s: WebSocket ping interval (``None``: no pings).
             headers: extra HTTP headers of the upgrade request.
+            api_key: sent as ``Authorization: Bearer KEY`` (servers with ``[server] api_keys``
+                want one; callers usually pass ``os.environ.get(API_KEY_ENV)``).
 
         Raises:
-            aiohttp.ClientError: no server answers (after ``wait_s``), or it refused the upgrade.
+            aiohttp.WSServerHandshakeError: the server refused the upgrade (``status`` 401:
+                missing or wrong key; 403: origin or host refused; 429: too many streams).
+            aiohttp.ClientError: no server answers (after ``wait_s``).
         """
+        if api_key:
+            headers = {**(headers or {}), "Authorization": f"Bearer {api_key}"}
         own = session is None
         http = session or aiohttp.ClientSession()
         deadline = time.monotonic() + wait_s

@@ -37,16 +37,48 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+class APIKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One entry of ``[server] api_keys`` written as a table (a plain string is a key alone).
+
+    Attributes:
+        key: the secret clients send.
+        max_streams: concurrent streams this key may hold (``None``: ``max_streams_per_client``).
+        name: shown in logs instead of the key (default: the entry's position, ``key #2``).
+    """
+
+    key: Annotated[str, msgspec.Meta(min_length=1)]
+    max_streams: PosInt | None = None
+    name: str = ""
+
+    def __repr__(self) -> str:
+        return f"APIKey(name={self.name!r}, max_streams={self.max_streams!r})"  # never the key itself
+
+
 class ServerSettings(_Section):
-    """``[server]``: the HTTP/WebSocket front end."""
+    """``[server]``: the HTTP/WebSocket front end and what protects it (see ``tts_server.guards``)."""
 
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8765
     max_streams: PosInt = 16
+    max_streams_per_client: PosInt = 4
     max_token_chars: PosInt = 10_000
     max_pending_chars: PosInt = 50_000
     stream_queue_s: PosFloat = 30.0
+    max_speak_s: PosFloat = 120.0
+    idle_timeout_s: PosFloat = 120.0
+    request_timeout_s: PosFloat = 10.0
+    shutdown_timeout_s: PosFloat = 5.0
+    api_keys: list[Annotated[str, msgspec.Meta(min_length=1)] | APIKey] = msgspec.field(default_factory=list)
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{name}={'[...]' if name == 'api_keys' and self.api_keys else repr(getattr(self, name))}"
+            for name in self.__struct_fields__
+        )
+        return f"ServerSettings({fields})"  # keys never reach a log line through a repr
 
 
 class EngineSettings(_Section):

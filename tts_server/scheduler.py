@@ -199,12 +199,15 @@ class Pipeline:
             self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the inference thread after its current chunk."""
+        """Stop the inference thread after its current chunk (waiting at most ``timeout_s``)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout_s)
+            if not self._thread.is_alive():
+                with self._cond:
+                    self._streams.clear()  # their engines' and resamplers' state goes now, not at exit
             self._thread = None
 
     def _pick(self) -> Stream | None:

@@ -4,8 +4,9 @@ A :class:`Stream` is opened by the scheduler (:class:`~tts_server.scheduler.Pipe
 for each client (a WebSocket, an HTTP request, a Discord guild's reply).
 
 Event-loop side: :meth:`Stream.push` cuts tokens into segments at once (the segmenter)
-and queues them; :meth:`Stream.flush`, :meth:`Stream.cancel`, :meth:`Stream.close`;
-:meth:`Stream.get` returns audio and events in order.
+and queues them (:meth:`Stream.push_steps` does it one cut at a time, so that a long
+token never holds the event loop); :meth:`Stream.flush`, :meth:`Stream.cancel`,
+:meth:`Stream.close`; :meth:`Stream.get` returns audio and events in order.
 
 Inference-thread side: the scheduler asks each stream for its deadline
 (:meth:`Stream.deadline`) and lets the most urgent one do one chunk of work
@@ -28,7 +29,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -164,6 +165,19 @@ class Stream:
         Raises:
             PendingTextFull: the token would exceed ``max_pending_chars`` (nothing is added).
         """
+        return [segment for step in self.push_steps(token, pitch_shift) for segment in step]
+
+    def push_steps(self, token: str, pitch_shift: float | None = None) -> Iterator[list[Segment]]:
+        """As :meth:`push`, one cut at a time: each segment is queued as soon as it is cut.
+
+        For long tokens: each step costs well under a millisecond, so an event loop can
+        serve other clients between steps (the server does, past a few hundred characters).
+        Call no other method of the stream until the iterator is exhausted.
+
+        Raises:
+            PendingTextFull: at the first step, if the token would exceed ``max_pending_chars``
+                (nothing is added).
+        """
         unspoken = self.unspoken_chars
         limit = self._host.max_pending_chars
         if unspoken + len(token) > limit:
@@ -174,13 +188,13 @@ class Stream:
             self.pitch_shift = float(pitch_shift)
         if self._segmenter.pending_chars == 0:
             self._start_pitch = self.pitch_shift
-        segments = self._enqueue(self._segmenter.push(token))
+        for text in self._segmenter.push_steps(token):
+            yield self._enqueue([text] if text else [])
         with self._lock:
             self._pending_text = self._segmenter.pending_text
             self._last_push = time.monotonic()
         if self._host.prefills:
             self._host.wake()
-        return segments
 
     def flush(self) -> int:
         """Cut everything buffered into segments; a :class:`Flushed` event follows their audio.
@@ -233,6 +247,20 @@ class Stream:
         self.cancel()
         self._closed = True
         self._host.wake()
+
+    @property
+    def busy(self) -> bool:
+        """True while there is work for the client: segments queued or being synthesized, or
+        events it has not taken yet (text still being written, without a sentence end or a
+        flush, does not count: it waits on the client)."""
+        with self._lock:
+            queued = bool(self._work)
+        return queued or self.renderer.busy or not self._out.empty()
+
+    @property
+    def pending_events(self) -> int:
+        """Events (audio included) delivered to the stream and not yet taken with :meth:`get`."""
+        return self._out.qsize()
 
     @property
     def generation(self) -> int:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 from aiohttp.test_utils import TestClient, TestServer
 
-from bot.app import VoiceBot, build_tts, debug_app, intents, warm_up
+from bot.app import SignalStop, VoiceBot, build_tts, debug_app, intents, warm_up
 from bot.config import load_settings
 from bot.history import ConversationHistory
 from bot.llm import LLMClient
@@ -57,3 +65,67 @@ async def test_the_bot_has_the_voice_cog_and_the_intents_it_needs(espeak_pipelin
         assert intents().message_content and intents().voice_states and intents().guilds
     finally:
         await services.llm.aclose()
+
+
+async def test_a_signal_makes_the_bot_leave_voice_silently_and_disconnect(harness, espeak_pipeline):
+    """SIGTERM mid-reply: every voice channel is left, no channel is told, the Discord client closes."""
+    h = await harness(espeak_pipeline)
+    g = h.guild()
+    await h.invoke("say", g.ctx, text="A reply that is still being spoken when the signal comes. " * 3)
+    async with asyncio.timeout(30):
+        while not (g.tap.playbacks and g.tap.playbacks[-1].started_at):
+            await asyncio.sleep(0.01)
+    vc, posted = g.vc, list(g.text.texts())
+    assert vc.is_connected()
+    bot = VoiceBot(load_settings(None).bot, h.sessions)
+    with SignalStop() as stop:
+        stop.attach(bot)
+        os.kill(os.getpid(), signal.SIGTERM)
+        async with asyncio.timeout(10):
+            while not stop.requested:
+                await asyncio.sleep(0.01)
+            await stop.wait_closed()
+    assert bot.is_closed()
+    assert not vc.is_connected() and not vc.is_playing()
+    assert g.text.texts()[: len(posted)] == posted and all("Left" not in t for t in g.text.texts())
+
+
+def test_voice_bot_exits_0_on_sigterm(tmp_path):
+    """``voice-bot`` as a process, with a Discord client that needs no network: SIGTERM → status 0."""
+    script = tmp_path / "run_bot.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, functools, sys
+            import bot.app
+
+            class OfflineBot(bot.app.VoiceBot):
+                async def start(self, token, *, reconnect=True):  # logged in: wait until closed
+                    print("started", flush=True)
+                    while not self.is_closed():
+                        await asyncio.sleep(0.02)
+
+            bot.app.run = functools.partial(bot.app.run, make_bot=OfflineBot)
+            from bot.__main__ import main
+            sys.exit(main(["--config", sys.argv[1]]))
+            """
+        )
+    )
+    config = tmp_path / "config.toml"
+    config.write_text('[engine]\nname = "espeak"\nwarmup = false\n[bot]\nsync_commands = false\n')
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "DISCORD_TOKEN": "offline", "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "started"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate(timeout=30)
+    assert "SIGTERM: leaving voice and disconnecting" in stderr and "Traceback" not in stderr

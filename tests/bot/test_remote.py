@@ -117,3 +117,40 @@ async def test_a_busy_remote_server_is_reported_and_other_guilds_keep_speaking(h
     await h.invoke("say", a.ctx, text="The first server still speaks.")
     await a.wait_idle()
     assert a.match_reply(-1).corr > 0.9
+
+
+async def test_a_server_with_keys_is_used_with_the_bots_key_and_names_a_missing_one(harness, make_server):
+    """The bot's remote mode sends TTS_API_KEY (``build_tts`` passes it); without one it says so."""
+    from tts_server.engines.espeak import EspeakEngine
+
+    base, _ = await make_server(EspeakEngine(), {"server": {"api_keys": ["bot-key-0123456789"]}}, voices=Voices(22050))
+    url = base.replace("http://", "ws://") + "/ws/stream"
+    keyed = RemoteTTS(url, connect_timeout_s=3.0, reconnect_max_s=1.0, api_key="bot-key-0123456789")
+    keyless = RemoteTTS(url, connect_timeout_s=1.0, reconnect_max_s=1.0)
+    try:
+        h = await harness(keyed)
+        g = h.guild()
+        await keyed.check_voice("alto")  # GET /voices with the key
+        await h.invoke("say", g.ctx, text="Spoken with a key.")
+        await g.wait_idle()
+        assert g.match_reply(-1).corr > 0.9
+        h2 = await harness(keyless, warm=False)
+        g2 = h2.guild("other")
+        await h2.invoke("say", g2.ctx, text="No key here.")
+        await g2.wait_idle()
+        assert "refused with 401: it wants an API key: set TTS_API_KEY" in g2.text.texts()[-1]
+    finally:
+        await keyed.aclose()
+        await keyless.aclose()
+
+
+async def test_build_tts_takes_the_key_from_the_environment(monkeypatch):
+    from bot.app import build_tts
+    from bot.config import load_settings
+
+    monkeypatch.setenv("TTS_API_KEY", "from-the-environment")
+    backend = await build_tts(load_settings(None, {"tts": {"mode": "remote"}}))
+    try:
+        assert isinstance(backend, RemoteTTS) and backend.api_key == "from-the-environment"
+    finally:
+        await backend.aclose()

@@ -117,3 +117,107 @@ def test_nothing_unspeakable_becomes_a_segment():
 def test_max_chars_must_leave_room_for_a_sentence():
     with pytest.raises(ValueError, match="max_chars"):
         Segmenter(max_chars=5)
+
+
+# -- linear time, bounded segments, control characters (issue 9) ---------------------------------
+
+LLM_WORDS = (
+    "Hello world the a I Dr. Mr. e.g. i.e. U.S. 3.14 $3.50 1,000 v2.1.0 192.168.0.1 https://example.com/a.b?c=1 "
+    'www.python.org a.b@example.org example.com **bold** *it* `code` 😀 J. R. etc. 1. 2. (see this) "quoted" '
+    "it's well-known snake_case # - > [link](https://x.org) Tolkien St. no. ok yes really clause something longer "
+    "words here are fine 你好 。 ， 、 ； ！ ？"
+).split(" ")
+LLM_PUNCT = [".", ",", ";", "!", "?", "...", "?!", ".)", '."', ":", " -", "\n", "\n- ", "\n1. ", "\n## "]
+
+
+def llm_like_text(rng, words: int) -> str:
+    out = []
+    for _ in range(words):
+        out.append(rng.choice(LLM_WORDS))
+        if rng.random() < 0.3:
+            out.append(rng.choice(LLM_PUNCT))
+        out.append(rng.choice([" ", " ", " ", "  ", "", "\n"]))
+    return "".join(out)
+
+
+@pytest.mark.parametrize("seed", range(0, 400, 40))
+def test_the_same_segments_as_the_rescanning_segmenter_on_llm_like_text(seed):
+    """Differential: the linear-time scan decides as the version it replaced did (testing.segmenter_reference)."""
+    import random
+
+    from testing.segmenter_reference import Segmenter as Reference
+
+    def run(cls, tokens, **kwargs):
+        seg = cls(**kwargs)
+        return [s for t in tokens for s in seg.push(t)] + seg.flush()
+
+    for case in range(seed, seed + 40):
+        rng = random.Random(case)
+        text = llm_like_text(rng, rng.randint(1, 120))
+        kwargs = {
+            "max_chars": rng.choice([40, 200]),
+            "min_clause_chars": rng.choice([0, 5, 12]),
+            "newline_breaks": rng.random() < 0.8,
+        }
+        for tokens in (text_pieces(text), list(text)):
+            assert run(Segmenter, tokens, **kwargs) == run(Reference, tokens, **kwargs), (case, kwargs, text)
+
+
+def test_push_steps_cut_as_push_does():
+    text = "First one! Second, a clause that is long enough; third. " * 20 + "tail"
+    whole, stepped = Segmenter(), Segmenter()
+    steps = list(stepped.push_steps(text))
+    assert [s for s in steps if s] == whole.push(text)
+    assert stepped.pending_text == whole.pending_text == "tail"
+
+
+def test_cleaning_runs_once_per_segment(monkeypatch):
+    """Not once per prefix: the clause test counts incrementally and cleans only to confirm a cut."""
+    import tts_server.segmenter as module
+
+    calls: list[str] = []
+    clean = module.clean_for_speech
+    monkeypatch.setattr(module, "clean_for_speech", lambda text: calls.append(text) or clean(text))
+    seg = Segmenter()
+    out = [
+        s
+        for token in text_pieces("Well, you know, this clause runs long enough, I think. " * 10)
+        for s in seg.push(token)
+    ]
+    out += seg.flush()
+    pause_cuts = sum(s.endswith(",") for s in out)
+    assert len(calls) <= len(out) + 1 + pause_cuts  # a cut each, the flush, one confirmation per pause cut
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["!" * 10_000, "x." * 5_000, "a" * 10_000, "a!" * 5_000, "word " * 2_000, ("```a" + " ," * 5_000)[:10_000]],
+    ids=["!", "x.", "one word", "a!", "words", "fence"],
+)
+def test_one_huge_token_gives_bounded_segments_and_loses_no_word(text):
+    seg = Segmenter(max_chars=200)
+    out = seg.push(text) + seg.flush()
+    assert all(len(s) <= 2 * 200 for s in out)
+    if text.startswith("word"):
+        assert all(len(s) <= 200 for s in out) and " ".join(out).split() == text.split()
+
+
+def test_control_characters_are_removed_before_anything_else():
+    seg = Segmenter()
+    out = seg.push("Null\x00 and escape\x1b[0m and bell\x07.\r\nNext line\x0bhere\x85done.") + seg.flush()
+    assert out == ["Null and escape[0m and bell.", "Next line here", "done."]
+    assert "\x00" not in seg.pending_text and clean_for_speech("a\x00b\x9bc") == "abc"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_short_cleaning_path_equals_the_full_one(seed):
+    """Plain ASCII skips the markup steps; on random ASCII both give the same text."""
+    import random
+
+    from tts_server.segmenter import _clean_markup, _tidy
+
+    rng = random.Random(seed)
+    alphabet = "ab cd.,;:!?'\"()$%&+=/0123456789\n\t-#>*_`~|[]@w"
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        assert clean_for_speech(text) == _tidy(_clean_markup(text)), repr(text)

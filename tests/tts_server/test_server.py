@@ -45,6 +45,19 @@ def audio_of(frames) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
+def read_streamed_wav(data: bytes) -> tuple[int, np.ndarray]:
+    """A WAV from /api/speak: its header says "length unknown" (0xFFFFFFFF); read it all."""
+    assert data[4:8] == b"\xff\xff\xff\xff" and data.index(b"data") > 0
+    data_at = data.index(b"data") + 8
+    fixed = bytearray(data)
+    fixed[4:8] = (len(data) - 8).to_bytes(4, "little")
+    fixed[data_at - 4 : data_at] = (len(data) - data_at).to_bytes(4, "little")
+    if b"fact" in data[:data_at]:
+        fact = data.index(b"fact") + 8
+        fixed[fact : fact + 4] = ((len(data) - data_at) // 4).to_bytes(4, "little")
+    return wavfile.read(io.BytesIO(bytes(fixed)))
+
+
 def reference_audio(engine, texts: list[str]) -> np.ndarray:
     """What the pipeline must produce: the engine's chunks, resampled to 48 kHz in one shot.
 
@@ -177,8 +190,8 @@ async def test_each_trigger_produces_a_segment_event(make_server, soprano_engine
         "Yes, it is quite done.",
         "Another clause here;",
         "then more",
-        "A line without end and this one runs on and on past the",  # over 40 characters: cut at a word
-        "limit",  # the tail comes with the flush
+        "A line without end and this one runs on",  # over 40 characters: cut at the last word within 40
+        "and on past the limit",  # the tail comes with the flush
     ]
     flushed = events[-1]
     assert flushed["segments"] == list(range(6))
@@ -361,9 +374,10 @@ async def test_api_speak_returns_48k_wav_equal_to_the_stream(make_server, sopran
     async with aiohttp.ClientSession() as http:
         async with http.post(base + "/api/speak", json={"text": text, "pitch_shift": 0}) as r:
             assert r.status == 200 and r.content_type == "audio/wav"
-            rate, f32 = wavfile.read(io.BytesIO(await r.read()))
+            assert r.headers["Transfer-Encoding"] == "chunked"  # streamed, not built whole
+            rate, f32 = read_streamed_wav(await r.read())
         async with http.post(base + "/api/speak?format=s16", json={"text": text}) as r:
-            rate16, s16 = wavfile.read(io.BytesIO(await r.read()))
+            rate16, s16 = read_streamed_wav(await r.read())
     assert rate == rate16 == 48_000 and f32.dtype == np.float32 and s16.dtype == np.int16
     streamed, _ = await say(text, ws_url(base))
     reference = reference_audio(soprano_engine, ["The first sentence.", "And then a second one!"])
@@ -390,7 +404,8 @@ async def test_api_speak_returns_48k_wav_equal_to_the_stream(make_server, sopran
 )
 async def test_api_speak_rejects_bad_requests(make_server, soprano_engine, body, query, status, expected):
     base, _ = await make_server(soprano_engine)
-    async with aiohttp.ClientSession() as http, http.post(base + "/api/speak" + query, data=body) as r:
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as http, http.post(base + "/api/speak" + query, data=body, headers=headers) as r:
         assert r.status == status
         assert expected in (await r.json())["error"]
 
@@ -472,3 +487,20 @@ async def test_a_cancel_stops_the_rest_of_a_multi_frame_chunk(soprano_dir):
     finally:
         stream.close()
         pipeline.stop()
+
+
+async def test_say_sends_the_key_from_the_environment_and_explains_a_refusal(
+    make_server, soprano_engine, monkeypatch, capsys
+):
+    from tts_server.cli import main
+
+    base, _ = await make_server(soprano_engine, {"server": {"api_keys": ["say-key-0123456789"]}})
+    monkeypatch.setenv("TTS_API_KEY", "say-key-0123456789")
+    audio, _ = await say("Hello there.", ws_url(base))
+    assert len(audio) == SEGMENT_SAMPLES_48K
+    monkeypatch.delenv("TTS_API_KEY")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await say("Hello there.", ws_url(base))
+    assert refused.value.status == 401
+    status = await asyncio.to_thread(main, ["say", "Hi.", "--url", ws_url(base), "--wait", "0", "-o", "/dev/null"])
+    assert status == 1 and "(401): it wants an API key: set TTS_API_KEY" in capsys.readouterr().err
