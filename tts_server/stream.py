@@ -8,10 +8,15 @@ and queues them; :meth:`Stream.flush`, :meth:`Stream.cancel`, :meth:`Stream.clos
 :meth:`Stream.get` returns audio and events in order.
 
 Inference-thread side: the scheduler asks each stream for its deadline
-(:meth:`Stream.deadline`) and lets the most urgent one do one chunk of work
-(:meth:`Stream.step`) through its :class:`~tts_server.renderer.SegmentRenderer`. Results
-go back to the event loop with ``call_soon_threadsafe``; a cancel in between makes them
-stale (each carries the stream's generation) and they are dropped there.
+(:meth:`Stream.deadline`). Chunk by chunk (an engine that cannot batch, or batching
+switched off), it lets the most urgent stream do one chunk of work (:meth:`Stream.step`)
+through its renderer (:class:`~tts_server.renderer.Renderer`). Batched, it calls
+:meth:`Stream.prepare` on every stream before each step (cancels, flush marks, the next
+segment's engine sequence, speculative prefill), advances all streams' sequences in one
+model call, and hands each stream its decoded audio (:meth:`Stream.deliver`) or its
+failure (:meth:`Stream.fail`). Results go back to the event loop with
+``call_soon_threadsafe``; a cancel in between makes them stale (each carries the
+stream's generation) and they are dropped there.
 
 Backpressure. A stream's outgoing queue holds at most ``max_queued_samples`` of audio.
 When it is full the stream has no deadline (the scheduler skips it) until its client
@@ -34,8 +39,9 @@ from typing import Protocol
 
 import numpy as np
 
+from .engines.base import EngineSequence
 from .events import OUTPUT_SAMPLE_RATE, Audio, Event, Flushed, PendingTextFull, Segment, SegmentDone, StreamError
-from .renderer import SegmentRenderer
+from .renderer import Renderer
 from .segmenter import Segmenter
 from .voice_stage import VoiceStage
 
@@ -108,9 +114,7 @@ class Stream:
         renderer: engine → voice stage → resampler for this stream.
     """
 
-    def __init__(
-        self, host: StreamHost, stream_id: int, loop: asyncio.AbstractEventLoop, renderer: SegmentRenderer
-    ) -> None:
+    def __init__(self, host: StreamHost, stream_id: int, loop: asyncio.AbstractEventLoop, renderer: Renderer) -> None:
         self.id = stream_id
         self._host = host
         self._loop = loop
@@ -135,6 +139,8 @@ class Stream:
         self._pending_text = ""  # snapshot of the segmenter's buffer, for prefill
         self._last_push = 0.0
         self._play_until = time.monotonic()
+        #: Batched mode: this stream's share of the model calls since its last delivery (seconds).
+        self.step_cost_s = 0.0
 
     # -- event-loop side -----------------------------------------------------------------
 
@@ -341,8 +347,112 @@ class Stream:
         self._play_until = max(self._play_until, time.monotonic()) + pcm.size / OUTPUT_SAMPLE_RATE
         self._post(epoch, Audio(pcm, segment))
 
+    @property
+    def lead_s(self) -> float:
+        """Seconds of audio sent to the client and not yet played (0 when it has run dry)."""
+        return max(0.0, self._play_until - time.monotonic())
+
+    @property
+    def sequence(self) -> EngineSequence | None:
+        """Batched mode: the engine sequence of the segment in flight (not finished or not yet delivered)."""
+        return self.renderer.sequence
+
+    @property
+    def speculation(self) -> EngineSequence | None:
+        """Batched mode: the engine sequence prefilling the sentence still being written."""
+        return self.renderer.speculation
+
+    def prepare(self) -> None:
+        """Batched mode, before each step (inference thread only).
+
+        Applies a cancel (the engine sequences are released), posts the flush marks that
+        are due, begins the next segment when none is in flight (its engine sequence then
+        waits for the scheduler to run it), and updates the speculative prefill of the
+        sentence still being written. A segment the engine refuses gets a
+        :class:`StreamError`; one with nothing to speak completes at once.
+        """
+        renderer = self.renderer
+        while True:
+            with self._lock:
+                epoch = self._epoch
+                cancelled = self._stage_epoch != epoch
+                self._stage_epoch = epoch
+                item = self._work.popleft() if not cancelled and not renderer.busy and self._work else None
+                if isinstance(item, Segment):
+                    self._queued_chars -= len(item.text)
+                pending = self._pending_text if item is None and not renderer.busy and self._prefill_due() else None
+                pause_over = time.monotonic() >= self._last_push + PREFILL_PAUSE_S
+            if cancelled:
+                renderer.abandon()
+                continue
+            if isinstance(item, _FlushMark):
+                self._post(epoch, Flushed(item.flush_id, (), 0))
+                continue
+            if isinstance(item, Segment):
+                self._switch_voice(epoch)
+                try:
+                    renderer.begin(item)
+                except Exception as exc:  # the engine cannot speak it (too long...): this segment only
+                    log.warning("stream %d: segment %d refused: %s", self.id, item.index, exc)
+                    self._post(epoch, StreamError(f"synthesis failed for segment {item.index}: {exc}", item.index))
+                    continue
+                sequence = renderer.sequence
+                if sequence is not None and sequence.ended:  # nothing to speak in it
+                    self._finish(epoch)
+                    continue
+                return
+            if pending is not None and pause_over:
+                renderer.prefill(pending)
+            return
+
+    def deliver(self, pcm: np.ndarray, cost_s: float) -> None:
+        """Batched mode: engine audio decoded for the segment in flight (inference thread only).
+
+        Runs it through the voice stage and the resampler and posts it; once the engine
+        sequence has ended, completes the segment (:class:`SegmentDone`, and the stages'
+        held audio when no other segment follows).
+
+        Args:
+            pcm: ``(N,)`` float32 at the engine's sample rate (may be empty).
+            cost_s: this segment's share of the batched model calls.
+        """
+        renderer = self.renderer
+        if not renderer.busy:
+            return
+        with self._lock:
+            epoch = self._epoch
+            if self._stage_epoch != epoch:
+                return  # a cancel came in: the next prepare() drops the segment
+        try:
+            out = renderer.render(pcm, cost_s)
+        except Exception as exc:  # the voice stage failed: this segment only
+            self.fail(exc)
+            return
+        self._post_audio(epoch, out, self._current_index)
+        sequence = renderer.sequence
+        if sequence is not None and sequence.ended:
+            self._finish(epoch)
+
+    def fail(self, exc: BaseException) -> None:
+        """Batched mode: the segment in flight failed; report it and drop it (the stream goes on)."""
+        index = self._current_index
+        log.error("stream %d: synthesis of segment %d failed: %s", self.id, index, exc, exc_info=exc)
+        with self._lock:
+            epoch = self._epoch
+        self.renderer.abandon()
+        self._post(epoch, StreamError(f"synthesis failed for segment {index}: {exc}", index))
+
+    def _finish(self, epoch: int) -> None:
+        """The segment in flight is complete: flush the stages if no segment follows, post its figures."""
+        renderer = self.renderer
+        with self._lock:
+            more = any(isinstance(queued, Segment) for queued in self._work)
+        if not more:  # out of text for now: push out what the stages still hold
+            self._post_audio(epoch, renderer.drain(), self._current_index)
+        self._post(epoch, renderer.end())
+
     def step(self) -> None:
-        """Do one chunk of work for this stream (inference thread only)."""
+        """Chunk mode: do one chunk of work for this stream (inference thread only)."""
         renderer = self.renderer
         with self._lock:
             epoch = self._epoch
@@ -377,11 +487,7 @@ class Stream:
         if pcm is not None:
             self._post_audio(epoch, pcm, self._current_index)
             return
-        with self._lock:
-            more = any(isinstance(queued, Segment) for queued in self._work)
-        if not more:  # out of text for now: push out what the stages still hold
-            self._post_audio(epoch, renderer.drain(), self._current_index)
-        self._post(epoch, renderer.end())
+        self._finish(epoch)
 
     @property
     def _current_index(self) -> int:
