@@ -33,7 +33,7 @@ def make_soprano_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable:
     cache = {}
 
     def make(audio_tokens: int | None, **kwargs):
-        key = (audio_tokens, tuple(sorted(kwargs.items())))
+        key = (audio_tokens, repr(sorted(kwargs.items())))  # repr: config dicts are not hashable
         if key not in cache:
             cache[key] = build_soprano_dir(tmp_path_factory.mktemp("soprano"), audio_tokens=audio_tokens, **kwargs)
         return cache[key]

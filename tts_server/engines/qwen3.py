@@ -308,9 +308,8 @@ class Qwen3Backbone:
         if ids.shape != (total,):
             raise ValueError(f"ids has shape {tuple(ids.shape)}, the rows hold {total} tokens")
         for r in rows:
-            if not (
-                0 <= r.slot < self.slots and r.start >= 0 and r.length >= 1 and r.start + r.length <= shape.max_positions
-            ):
+            fits = 0 <= r.slot < self.slots and r.start >= 0 and r.length >= 1
+            if not fits or r.start + r.length > shape.max_positions:
                 raise ValueError(
                     f"row {r} does not fit a cache of {self.slots} slots × {shape.max_positions} positions"
                 )
