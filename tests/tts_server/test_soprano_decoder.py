@@ -129,7 +129,7 @@ def test_every_frame_is_computed_once(strong_decoder):
             rows += x.shape[0]
             return embed(x)
 
-    streaming.embed = Counting()  # type: ignore[assignment]  # a counting stand-in for the same product
+    streaming.embed = Counting()  # a counting stand-in for the same product
     state = DecoderState()
     latents = torch.randn(25, 512, generator=torch.Generator().manual_seed(2))
     for i in range(25):
@@ -148,7 +148,7 @@ def test_a_failed_call_changes_no_state(strong_decoder):
     def out_of_memory(x):
         raise torch.OutOfMemoryError("injected")
 
-    streaming.head = out_of_memory  # type: ignore[assignment]
+    streaming.head = out_of_memory
     with pytest.raises(torch.OutOfMemoryError):
         streaming.decode([state], [latents[6:]], [True])
     streaming.head = head
