@@ -131,7 +131,9 @@ async def test_a_sentence_joins_and_leaves_without_waiting_for_the_others(pipeli
 
 async def test_more_streams_than_slots_wait_earliest_deadline_first(pipeline_for, make_soprano_dir):
     """One KV slot, three streams: of the two waiting, the one whose segment was queued
-    first (the earlier deadline: neither listener has audio yet) gets the slot first."""
+    first (the earlier deadline: neither listener has audio yet) gets the slot first.
+    (Which of them finishes first is another matter: a listener with more than
+    PREEMPT_MARGIN_S of audio buffered yields the slot to one with none.)"""
     engine = SopranoEngine(make_soprano_dir(40), device="cpu", max_batch=1)
     pipeline = pipeline_for(engine)
     a, b, c = (pipeline.open_stream() for _ in range(3))
@@ -143,15 +145,15 @@ async def test_more_streams_than_slots_wait_earliest_deadline_first(pipeline_for
     b.flush()
     await asyncio.sleep(0.05)
     c.flush()
-    order: list[str] = []
+    first_audio: dict[str, float] = {}
 
-    async def finish(name, stream):
-        await collect(stream)
-        order.append(name)
+    async def listen(name, stream):
+        for event in await collect(stream):
+            if isinstance(event, Audio):
+                first_audio.setdefault(name, time.monotonic())
 
-    await asyncio.gather(finish("a", a), finish("b", b), finish("c", c))
-    assert sorted(order) == ["a", "b", "c"]
-    assert order.index("b") < order.index("c")
+    await asyncio.gather(listen("a", a), listen("b", b), listen("c", c))
+    assert first_audio["b"] < first_audio["c"]
 
 
 async def test_a_slow_client_gives_its_slot_up_and_resumes_exactly(pipeline_for, make_soprano_dir, rounding48):
@@ -330,17 +332,17 @@ async def test_out_of_memory_splits_the_batch_and_loses_nothing(
         assert np.abs(got - reference).max() <= 5 * rounding48
 
 
-async def test_batching_off_serves_soprano_chunk_by_chunk_with_the_same_audio(pipeline_for, soprano_engine):
-    batched = pipeline_for(soprano_engine)
-    chunked = pipeline_for(soprano_engine, batching=False)
+async def test_batching_off_serves_soprano_chunk_by_chunk_with_the_same_audio(
+    pipeline_for, make_soprano_dir, rounding48
+):
+    engine = SopranoEngine(make_soprano_dir(40), device="cpu")
+    batched = pipeline_for(engine)
+    chunked = pipeline_for(engine, batching=False)
     assert batched.batched and not chunked.batched
-    text = "Both ways say the same thing."
-    a = await batched.speak(text)
-    b = await chunked.speak(text)
-    assert a.shape == b.shape and a.size > 0
-    # Batched and one-at-a-time runs use the same kernels on the same rows here (one
-    # stream), so the audio is identical, not just close.
-    np.testing.assert_array_equal(a, b)
+    a = await batched.speak(TEXTS[0])
+    b = await chunked.speak(TEXTS[0])
+    assert a.shape == b.shape == (39 * 2048 * 3 // 2,)
+    assert np.abs(a - b).max() <= 5 * rounding48
 
 
 async def test_speculative_prefill_runs_inside_the_batch_and_is_reused(pipeline_for, make_soprano_dir, monkeypatch):
