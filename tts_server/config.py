@@ -68,6 +68,7 @@ class SopranoSettings(_Section):
     model: str = "ekwek/Soprano-1.1-80M"
     model_path: str = ""
     dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = "auto"
+    decoder_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     temperature: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     top_p: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.95
     repetition_penalty: Annotated[float, msgspec.Meta(ge=1)] = 1.2

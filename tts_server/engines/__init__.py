@@ -29,6 +29,7 @@ def _soprano(config: Config) -> TTSEngine:
         model_dir,
         device=config.engine.device,
         dtype=s.dtype,
+        decoder_dtype=s.decoder_dtype,
         max_batch=config.engine.max_batch,
         prefill_chunk_tokens=config.engine.prefill_chunk_tokens,
         model_name=s.model_path or s.model,

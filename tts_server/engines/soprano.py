@@ -30,9 +30,10 @@ the package's; the model's forward, the generation loop and the decoding schedul
   :meth:`SopranoEngine.prefill` at once); when the sentence is complete, only the tokens
   after the longest common prefix are computed (KV-cache reuse), which takes the
   prompt's prefill off the time to first audio.
-* **Precision** of the backbone's weights is a load option (``dtype``); the default on
-  CPU (:data:`DEFAULT_CPU_DTYPE`) is the fastest whose decoded audio stays within 30 dB
-  SNR of float32, measured by ``python -m benchmarks.backbone``.
+* **Precision** of the backbone's and the decoder's weights are load options (``dtype``,
+  ``decoder_dtype``); the defaults on CPU (:data:`DEFAULT_CPU_DTYPE`,
+  :data:`DEFAULT_CPU_DECODER_DTYPE`) are the fastest whose decoded audio stays within
+  30 dB SNR of float32, measured by ``python -m benchmarks.backbone``.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ SAMPLE_RATE = 32_000
 LATENT_DIM = 512
 #: Backbone weight precision on CPU when ``dtype = "auto"`` (see the module docstring).
 DEFAULT_CPU_DTYPE: Precision = "float32"
+#: Decoder weight precision on CPU when ``decoder_dtype = "auto"`` (see the module docstring).
+DEFAULT_CPU_DECODER_DTYPE: Precision = "float32"
 #: Prefill leaves the prompt's last tokens out: the word being written may still change them.
 PREFILL_HOLDBACK_TOKENS = 2
 STOP, TEXT, START = "[STOP]", "[TEXT]", "[START]"
@@ -226,7 +229,11 @@ class SopranoEngine:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``... (``"auto"``: CUDA/ROCm when present).
         dtype: precision of the backbone's weights: ``"auto"`` (:data:`DEFAULT_CPU_DTYPE`
             on CPU, bfloat16 on GPU), ``"float32"``, ``"bfloat16"``, ``"float16"`` or
-            ``"int8"`` (CPU). Activations, KV cache and the decoder stay float32.
+            ``"int8"`` (CPU). Activations between the matrix products, the KV cache and
+            the sampling stay float32.
+        decoder_dtype: precision of the decoder's matrix products: ``"auto"``
+            (:data:`DEFAULT_CPU_DECODER_DTYPE` on CPU, float32 on GPU), ``"float32"`` or
+            ``"bfloat16"``; norms, convolutions and the inverse FFT stay float32.
         max_batch: KV-cache slots: segments that can be in flight at once (each slot is
             8.9 MB of float32 for Soprano's 512 positions).
         temperature: 0 = greedy (the reference's default, 0.001, is greedy in effect);
@@ -257,6 +264,7 @@ class SopranoEngine:
         *,
         device: str = "auto",
         dtype: str = "auto",
+        decoder_dtype: str = "auto",
         max_batch: int = 16,
         model_name: str | None = None,
         temperature: float = 0.0,
@@ -284,9 +292,10 @@ class SopranoEngine:
             self._generator.manual_seed(seed)
         if dtype == "auto":
             dtype = DEFAULT_CPU_DTYPE if self.device == "cpu" else "bfloat16"
-        if dtype not in PRECISIONS:
-            raise EngineLoadError(f"unknown Soprano dtype {dtype!r}: one of auto, {', '.join(PRECISIONS)}")
-        self.dtype: Precision = dtype
+        self.dtype = _precision(dtype, PRECISIONS, "dtype")
+        if decoder_dtype == "auto":
+            decoder_dtype = DEFAULT_CPU_DECODER_DTYPE if self.device == "cpu" else "float32"
+        self.decoder_dtype = _precision(decoder_dtype, ("float32", "bfloat16"), "decoder_dtype")
         self._free: list[int] = list(range(max_batch))
         self._holders: dict[int, weakref.ref[SopranoSequence]] = {}
         self._load()
@@ -345,12 +354,13 @@ class SopranoEngine:
         except (RuntimeError, TypeError, AttributeError) as exc:
             raise EngineLoadError(f"{decoder_file}: does not match the Soprano 1.1 decoder ({exc})") from None
         self.decoder.to(self.device).eval()
-        self.streaming_decoder = StreamingDecoder(self.decoder, self.device)
+        self.streaming_decoder = StreamingDecoder(self.decoder, self.device, self.decoder_dtype)
         log.info(
-            "Soprano loaded from %s on %s (%s weights, %d slots)",
+            "Soprano loaded from %s on %s (%s backbone, %s decoder, %d slots)",
             self.model_dir,
             self.device,
             self.dtype,
+            self.decoder_dtype,
             self.max_batch,
         )
 
@@ -643,6 +653,13 @@ class SopranoEngine:
             )
             if chunk.numel():
                 yield chunk
+
+
+def _precision(value: str, allowed: tuple[Precision, ...], setting: str) -> Precision:
+    for precision in allowed:
+        if value == precision:
+            return precision
+    raise EngineLoadError(f"unknown Soprano {setting} {value!r}: one of auto, {', '.join(allowed)}")
 
 
 def _own(seq: EngineSequence) -> SopranoSequence:
