@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,10 @@ from testing.soprano_model import build_soprano_dir
 
 #: Audio tokens every sentence of the default test model generates (0.704 s of audio).
 TEST_AUDIO_TOKENS = 12
+#: Soprano engine settings of the equality tests: float32 throughout, the precision in which
+#: the engine reproduces soprano-tts to rounding (the default on a CPU with native bfloat16
+#: is bfloat16, within 30 dB SNR of it: tested on its own).
+EXACT: dict[str, Any] = {"dtype": "float32", "decoder_dtype": "float32"}
 
 
 @pytest.fixture(scope="session")
@@ -21,10 +26,10 @@ def soprano_dir(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def soprano_engine(soprano_dir):
-    """The real Soprano engine loaded from :func:`soprano_dir`."""
+    """The real Soprano engine loaded from :func:`soprano_dir`, float32 throughout (:data:`EXACT`)."""
     from tts_server.engines.soprano import SopranoEngine
 
-    return SopranoEngine(soprano_dir, device="cpu")
+    return SopranoEngine(soprano_dir, device="cpu", **EXACT)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from testing.soprano_model import float32_audio_error
+from tests.conftest import EXACT
 from tts_server import Audio, Flushed, Pipeline, SegmentDone, StreamError
 from tts_server.engines.qwen3 import Row
 from tts_server.engines.soprano import SopranoEngine, SopranoSequence
@@ -40,7 +41,7 @@ def rounding48(make_soprano_dir) -> float:
     Pipeline audio computed in different batches differs only by float32 summation order:
     each is within about this of the exact audio, so tests allow 5× it.
     """
-    engine = SopranoEngine(make_soprano_dir(40), device="cpu")
+    engine = SopranoEngine(make_soprano_dir(40), device="cpu", **EXACT)
     return float32_audio_error(make_soprano_dir(40), engine, TEXTS[0], sample_rate=48_000)
 
 
@@ -86,7 +87,7 @@ async def speak_alone(engine, text: str) -> np.ndarray:
 async def test_each_step_advances_every_generating_stream_in_one_forward(
     pipeline_for, make_soprano_dir, monkeypatch, rounding48
 ):
-    engine = SopranoEngine(make_soprano_dir(40), device="cpu")
+    engine = SopranoEngine(make_soprano_dir(40), device="cpu", **EXACT)
     references = [await speak_alone(engine, t) for t in TEXTS]
     forwards = Forwards(engine, monkeypatch)
     pipeline = pipeline_for(engine)
@@ -129,12 +130,20 @@ async def test_a_sentence_joins_and_leaves_without_waiting_for_the_others(pipeli
     a.cancel()
 
 
-async def test_more_streams_than_slots_wait_earliest_deadline_first(pipeline_for, make_soprano_dir):
+async def test_more_streams_than_slots_wait_earliest_deadline_first(pipeline_for, make_soprano_dir, monkeypatch):
     """One KV slot, three streams: of the two waiting, the one whose segment was queued
-    first (the earlier deadline: neither listener has audio yet) gets the slot first.
+    first (the earlier deadline: neither listener has audio yet) runs first.
     (Which of them finishes first is another matter: a listener with more than
     PREEMPT_MARGIN_S of audio buffered yields the slot to one with none.)"""
     engine = SopranoEngine(make_soprano_dir(40), device="cpu", max_batch=1)
+    first_run: list[str] = []
+    step = engine.step
+
+    def spy_step(rows):
+        first_run.extend(seq.text for seq, _ in rows if seq.started_at is None and seq.text not in first_run)
+        return step(rows)
+
+    monkeypatch.setattr(engine, "step", spy_step)
     pipeline = pipeline_for(engine)
     a, b, c = (pipeline.open_stream() for _ in range(3))
     a.push("Runs first.")
@@ -145,21 +154,14 @@ async def test_more_streams_than_slots_wait_earliest_deadline_first(pipeline_for
     b.flush()
     await asyncio.sleep(0.05)
     c.flush()
-    first_audio: dict[str, float] = {}
-
-    async def listen(name, stream):
-        for event in await collect(stream):
-            if isinstance(event, Audio):
-                first_audio.setdefault(name, time.monotonic())
-
-    await asyncio.gather(listen("a", a), listen("b", b), listen("c", c))
-    assert first_audio["b"] < first_audio["c"]
+    await asyncio.gather(collect(a), collect(b), collect(c))
+    assert first_run == ["Runs first.", "Queued second.", "Queued third."]
 
 
 async def test_a_slow_client_gives_its_slot_up_and_resumes_exactly(pipeline_for, make_soprano_dir, rounding48):
     """One KV slot: a client that stops reading is paused, another stream takes the slot,
     and when the first reads again its sentence resumes (cache recomputed) unchanged."""
-    engine = SopranoEngine(make_soprano_dir(80), device="cpu", max_batch=1)
+    engine = SopranoEngine(make_soprano_dir(80), device="cpu", **EXACT, max_batch=1)
     text = "Nobody reads this stream for a while."
     reference = await speak_alone(engine, text)
     pipeline = pipeline_for(engine, queue_s=0.5)
@@ -236,7 +238,7 @@ async def test_cancel_takes_effect_within_one_step_of_a_batch(pipeline_for, make
 async def test_a_stream_failing_in_a_batched_decode_gets_an_error_and_the_others_go_on(
     pipeline_for, make_soprano_dir, monkeypatch, rounding48
 ):
-    engine = SopranoEngine(make_soprano_dir(40), device="cpu")
+    engine = SopranoEngine(make_soprano_dir(40), device="cpu", **EXACT)
     references = {t: await speak_alone(engine, t) for t in TEXTS[:2]}
     poisoned: set[int] = set()
     start, decode = engine.start, engine.streaming_decoder.decode
@@ -300,7 +302,7 @@ async def test_out_of_memory_splits_the_batch_and_loses_nothing(
     """A device that runs out of memory above two rows per forward and two sequences per
     decode: the scheduler halves the batch (with a warning) and every stream's audio is
     exactly what it would have been."""
-    engine = SopranoEngine(make_soprano_dir(40), device="cpu")
+    engine = SopranoEngine(make_soprano_dir(40), device="cpu", **EXACT)
     texts = [*TEXTS, "A fourth stream as well."]
     references = [await speak_alone(engine, t) for t in texts]
     forward, decode = engine.backbone.forward, engine.streaming_decoder.decode
@@ -335,7 +337,7 @@ async def test_out_of_memory_splits_the_batch_and_loses_nothing(
 async def test_batching_off_serves_soprano_chunk_by_chunk_with_the_same_audio(
     pipeline_for, make_soprano_dir, rounding48
 ):
-    engine = SopranoEngine(make_soprano_dir(40), device="cpu")
+    engine = SopranoEngine(make_soprano_dir(40), device="cpu", **EXACT)
     batched = pipeline_for(engine)
     chunked = pipeline_for(engine, batching=False)
     assert batched.batched and not chunked.batched

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from testing.soprano_model import float32_audio_error, float32_decode_error
-from tests.conftest import TEST_AUDIO_TOKENS
+from tests.conftest import EXACT, TEST_AUDIO_TOKENS
 from tts_server.engines import soprano as soprano_mod
 from tts_server.engines.base import EngineLoadError
 from tts_server.engines.soprano import TOKEN_SAMPLES, SopranoEngine, prepare_text, resolve_model_dir
@@ -246,3 +246,35 @@ def test_a_prefill_of_other_text_is_only_partly_reused(soprano_engine, rounding)
     with_other = np.concatenate(list(soprano_engine.synthesize(SENTENCE, other)))
     without = np.concatenate(list(soprano_engine.synthesize(SENTENCE)))
     assert np.abs(with_other - without).max() <= 5 * rounding
+
+
+# -- precision ---------------------------------------------------------------------------------
+
+
+def test_the_default_precision_keeps_audio_within_30_db_of_float32(make_soprano_dir):
+    """The default (bfloat16 on a CPU with native bfloat16) against float32 on the same
+    tokens (teacher-forced: a different sampled token would make the comparison moot),
+    with plain random weights so every coordinate of the latents matters."""
+    from tts_server.engines.qwen3 import Row
+    from tts_server.engines.soprano import cpu_has_native_bfloat16
+    from tts_server.engines.soprano_decoder import DecoderState
+
+    model_dir = make_soprano_dir(None)
+    default = SopranoEngine(model_dir, device="cpu")
+    exact = SopranoEngine(model_dir, device="cpu", **EXACT)
+    expected = "bfloat16" if cpu_has_native_bfloat16() else "float32"
+    assert (default.dtype, default.decoder_dtype) == (expected, expected)
+    prompt = exact.start(SENTENCE).ids
+    ids = prompt + torch.randint(4, 8004, (40,), generator=torch.Generator().manual_seed(0)).tolist()
+
+    def audio(engine: SopranoEngine) -> np.ndarray:
+        first = len(prompt) - 1
+        latents = [engine.backbone.forward(torch.tensor(ids[: first + 1]), [Row(0, 0, first + 1)])]
+        for position in range(first + 1, len(ids) - 1):
+            latents.append(engine.backbone.forward(torch.tensor(ids[position : position + 1]), [Row(0, position, 1)]))
+        (pcm,) = engine.streaming_decoder.decode([DecoderState()], [torch.cat(latents)], [True])
+        return pcm.double().numpy()
+
+    reference, got = audio(exact), audio(default)
+    snr_db = 10 * np.log10((reference**2).sum() / max(((got - reference) ** 2).sum(), 1e-30))
+    assert snr_db >= 30

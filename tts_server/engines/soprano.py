@@ -60,10 +60,14 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "ekwek/Soprano-1.1-80M"
 SAMPLE_RATE = 32_000
 LATENT_DIM = 512
-#: Backbone weight precision on CPU when ``dtype = "auto"`` (see the module docstring).
-DEFAULT_CPU_DTYPE: Precision = "float32"
-#: Decoder weight precision on CPU when ``decoder_dtype = "auto"`` (see the module docstring).
-DEFAULT_CPU_DECODER_DTYPE: Precision = "float32"
+#: Backbone weight precision on a CPU with native bfloat16 arithmetic when ``dtype = "auto"``:
+#: measured (``benchmarks.backbone``, 2-core AMD EPYC with AVX-512 BF16) 2.0× faster per step
+#: than float32 at one stream, audio 41 dB SNR from float32's. The checkpoint's weights are
+#: bfloat16 already, so only the activations are rounded. int8 was faster still but 25 dB.
+DEFAULT_CPU_DTYPE: Precision = "bfloat16"
+#: Decoder weight precision on such a CPU when ``decoder_dtype = "auto"``: 2× faster than
+#: float32, audio 40 dB SNR from all-float32 together with the bfloat16 backbone.
+DEFAULT_CPU_DECODER_DTYPE: Precision = "bfloat16"
 #: Prefill leaves the prompt's last tokens out: the word being written may still change them.
 PREFILL_HOLDBACK_TOKENS = 2
 STOP, TEXT, START = "[STOP]", "[TEXT]", "[START]"
@@ -290,11 +294,20 @@ class SopranoEngine:
         self._generator = torch.Generator(device="cpu")
         if seed is not None:
             self._generator.manual_seed(seed)
+        native_bf16 = cpu_has_native_bfloat16()
         if dtype == "auto":
-            dtype = DEFAULT_CPU_DTYPE if self.device == "cpu" else "bfloat16"
+            if self.device != "cpu":
+                dtype = "bfloat16"
+            else:
+                dtype = DEFAULT_CPU_DTYPE if native_bf16 or DEFAULT_CPU_DTYPE != "bfloat16" else "float32"
         self.dtype = _precision(dtype, PRECISIONS, "dtype")
         if decoder_dtype == "auto":
-            decoder_dtype = DEFAULT_CPU_DECODER_DTYPE if self.device == "cpu" else "float32"
+            if self.device != "cpu":
+                decoder_dtype = "float32"
+            else:
+                decoder_dtype = (
+                    DEFAULT_CPU_DECODER_DTYPE if native_bf16 or DEFAULT_CPU_DECODER_DTYPE != "bfloat16" else "float32"
+                )
         self.decoder_dtype = _precision(decoder_dtype, ("float32", "bfloat16"), "decoder_dtype")
         self._free: list[int] = list(range(max_batch))
         self._holders: dict[int, weakref.ref[SopranoSequence]] = {}
@@ -653,6 +666,19 @@ class SopranoEngine:
             )
             if chunk.numel():
                 yield chunk
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """True when this CPU multiplies bfloat16 natively (x86 AVX-512 BF16 or AMX-BF16; read on Linux).
+
+    Without it oneDNN emulates bfloat16 and the products are slower than float32, so the
+    ``"auto"`` precisions fall back to float32.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
 def _precision(value: str, allowed: tuple[Precision, ...], setting: str) -> Precision:
