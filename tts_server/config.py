@@ -60,6 +60,7 @@ class EngineSettings(_Section):
     batching: bool = True
     max_batch: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
     prefill_chunk_tokens: Annotated[int, msgspec.Meta(ge=1, le=512)] = 32
+    segments_ahead: Annotated[int, msgspec.Meta(ge=0, le=64)] = 2
 
 
 class SopranoSettings(_Section):

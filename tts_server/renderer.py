@@ -1,24 +1,28 @@
 """One stream's way from a segment of text to output audio: engine → voice stage → resampler.
 
 A :class:`SegmentRenderer` belongs to one client stream and is used only on the
-pipeline's inference thread. It renders one segment at a time and knows nothing of
-queues, clients or events beyond the :class:`~tts_server.events.SegmentDone` figures it
-returns. It works in one of two ways, chosen by the scheduler:
+pipeline's inference thread. It knows nothing of queues, clients or events beyond the
+:class:`~tts_server.events.SegmentDone` figures it returns. It works in one of two ways,
+chosen by the scheduler:
 
-* **chunk by chunk** (any :class:`~tts_server.engines.base.TTSEngine`): :meth:`~SegmentRenderer.step`
-  pulls the engine's next chunk, so the scheduler can interleave streams (and drop a
-  stream's work) at every chunk boundary;
+* **chunk by chunk** (any :class:`~tts_server.engines.base.TTSEngine`): one segment at a
+  time; :meth:`~SegmentRenderer.step` pulls the engine's next chunk, so the scheduler can
+  interleave streams (and drop a stream's work) at every chunk boundary;
 * **batched** (a :class:`~tts_server.engines.base.BatchedEngine` with batching on):
-  :meth:`~SegmentRenderer.begin` makes the segment's engine sequence
-  (:attr:`~SegmentRenderer.sequence`), the scheduler advances it together with every
-  other stream's in one model call, and hands the decoded audio to
-  :meth:`~SegmentRenderer.render`.
+  :meth:`~SegmentRenderer.begin` makes a segment's engine sequence, and the scheduler
+  advances it together with every other stream's in one model call. Segments whose text
+  is complete may be begun while an earlier one is still being spoken: their sequences
+  are generated ahead (:attr:`~SegmentRenderer.sequences`), their decoded audio is held
+  (:meth:`~SegmentRenderer.hold`), and it goes through the voice stage only when they
+  become the current segment, so the stream's audio stays in order and the voice stage
+  sees one continuous signal.
 
 Either way the engine's audio goes through the stream's voice stage and resampler here.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable, Generator, Iterable
@@ -41,17 +45,27 @@ class Renderer(Protocol):
 
     @property
     def busy(self) -> bool:
-        """A segment is being rendered (from :meth:`begin` to :meth:`end`)."""
+        """A segment is in flight (begun and not yet ended)."""
+        ...
+
+    @property
+    def in_flight(self) -> int:
+        """Segments begun and not yet ended (the current one and those generated ahead)."""
         ...
 
     @property
     def segment(self) -> Segment | None:
-        """The segment being rendered."""
+        """The current segment: the one whose audio is being output."""
         ...
 
     @property
     def sequence(self) -> EngineSequence | None:
-        """Batched mode: the engine sequence of the segment being rendered."""
+        """Batched mode: the engine sequence of the current segment."""
+        ...
+
+    @property
+    def sequences(self) -> list[EngineSequence]:
+        """Batched mode: the engine sequences in flight, the current segment's first."""
         ...
 
     @property
@@ -69,7 +83,7 @@ class Renderer(Protocol):
         ...
 
     def begin(self, segment: Segment) -> None:
-        """Start rendering ``segment``."""
+        """Start rendering ``segment`` (batched: after the segments already in flight)."""
         ...
 
     def step(self) -> np.ndarray | None:
@@ -77,7 +91,20 @@ class Renderer(Protocol):
         ...
 
     def render(self, pcm: np.ndarray, cost_s: float) -> np.ndarray:
-        """Batched mode: take decoded engine audio through the voice stage and the resampler."""
+        """Batched mode: take the current segment's decoded audio through the voice stage and the resampler."""
+        ...
+
+    def hold(self, sequence: EngineSequence, pcm: np.ndarray, cost_s: float, final: bool) -> None:
+        """Batched mode: keep decoded audio of a segment generated ahead until it is current."""
+        ...
+
+    @property
+    def held_final(self) -> bool:
+        """Batched mode: the current segment's last audio was among what it held."""
+        ...
+
+    def take_held(self) -> tuple[np.ndarray, float]:
+        """Batched mode: the audio held for the (new) current segment, and its cost; cleared."""
         ...
 
     def drain(self) -> np.ndarray:
@@ -85,7 +112,7 @@ class Renderer(Protocol):
         ...
 
     def end(self) -> SegmentDone:
-        """Close the segment in progress and return its figures."""
+        """Close the current segment and return its figures (the next in flight becomes current)."""
         ...
 
     def set_voice(self, voice: VoiceStage) -> np.ndarray:
@@ -96,8 +123,12 @@ class Renderer(Protocol):
         """Forget the speculative prefill (its engine resources are released)."""
         ...
 
+    def drop(self, sequence: EngineSequence) -> Segment | None:
+        """Batched mode: abandon the one segment whose engine sequence this is; return it."""
+        ...
+
     def abandon(self) -> None:
-        """Drop the segment in progress, the prefill and everything held."""
+        """Drop every segment in flight, the prefill and everything held."""
         ...
 
 
@@ -107,6 +138,9 @@ class _Job:
     chunks: Generator[np.ndarray, None, None] | None = None
     sequence: EngineSequence | None = None
     prefill: Any | None = None
+    held: list[np.ndarray] = field(default_factory=list)
+    held_cost_s: float = 0.0
+    held_final: bool = False
     synth_s: float = 0.0
     samples: int = 0
     first_audio: float | None = None
@@ -137,24 +171,34 @@ class SegmentRenderer:
         self.out_rate = out_rate
         self.voice = voice
         self.resampler = StreamResampler(voice.output_sample_rate, out_rate)
-        self._job: _Job | None = None
+        self._jobs: collections.deque[_Job] = collections.deque()
         self._prefill: Any | None = None
         self._prefilled_text = ""
 
     @property
     def busy(self) -> bool:
-        """True while a segment is being rendered (from :meth:`begin` to :meth:`end`)."""
-        return self._job is not None
+        """True while a segment is in flight (from :meth:`begin` to its :meth:`end`)."""
+        return bool(self._jobs)
+
+    @property
+    def in_flight(self) -> int:
+        """Segments begun and not yet ended."""
+        return len(self._jobs)
 
     @property
     def segment(self) -> Segment | None:
-        """The segment being rendered, if any."""
-        return self._job.segment if self._job is not None else None
+        """The current segment, if any."""
+        return self._jobs[0].segment if self._jobs else None
 
     @property
     def sequence(self) -> EngineSequence | None:
-        """Batched mode: the engine sequence of the segment being rendered."""
-        return self._job.sequence if self._job is not None else None
+        """Batched mode: the engine sequence of the current segment."""
+        return self._jobs[0].sequence if self._jobs else None
+
+    @property
+    def sequences(self) -> list[EngineSequence]:
+        """Batched mode: the engine sequences in flight, the current segment's first."""
+        return [job.sequence for job in self._jobs if job.sequence is not None]
 
     @property
     def speculation(self) -> EngineSequence | None:
@@ -187,20 +231,30 @@ class SegmentRenderer:
         self._prefilled_text = text
 
     def begin(self, segment: Segment) -> None:
-        """Start rendering ``segment`` (chunk mode: the engine starts on the first :meth:`step`).
+        """Start rendering ``segment``.
+
+        Chunk mode: it must be the only segment in flight; the engine starts on the first
+        :meth:`step`. Batched mode: its engine sequence is made now (taking over the
+        speculative prefill), after any segments already in flight.
 
         Raises:
+            RuntimeError: chunk mode with a segment already in flight.
             Exception: batched mode, whatever the engine's ``start`` raised (the segment
-                cannot be spoken); the renderer stays idle.
+                cannot be spoken); nothing is begun.
         """
         prefill, self._prefill, self._prefilled_text = self._prefill, None, ""
         engine = self.engine
         if self.batched and isinstance(engine, BatchedEngine):
-            self._job = _Job(segment, sequence=engine.start(segment.text, prefill))
-        elif prefill is not None and isinstance(engine, PrefillingEngine):
-            self._job = _Job(segment, chunks=_lazy(lambda: engine.synthesize(segment.text, prefill)), prefill=prefill)
+            self._jobs.append(_Job(segment, sequence=engine.start(segment.text, prefill)))
+            return
+        if self._jobs:
+            self._release_handle(prefill)
+            raise RuntimeError("a segment is already being rendered chunk by chunk")
+        if prefill is not None and isinstance(engine, PrefillingEngine):
+            chunks = _lazy(lambda: engine.synthesize(segment.text, prefill))
+            self._jobs.append(_Job(segment, chunks=chunks, prefill=prefill))
         else:
-            self._job = _Job(segment, chunks=_lazy(lambda: engine.synthesize(segment.text)))
+            self._jobs.append(_Job(segment, chunks=_lazy(lambda: engine.synthesize(segment.text))))
 
     def step(self) -> np.ndarray | None:
         """Chunk mode: render the next engine chunk through the voice stage and the resampler.
@@ -213,7 +267,7 @@ class SegmentRenderer:
             RuntimeError: no segment was begun, or the renderer is in batched mode.
             Exception: whatever the engine or the voice stage raised (call :meth:`abandon`).
         """
-        job = self._job
+        job = self._jobs[0] if self._jobs else None
         if job is None or job.chunks is None:
             raise RuntimeError("no segment is being rendered chunk by chunk")
         t0 = time.perf_counter()
@@ -224,7 +278,7 @@ class SegmentRenderer:
         return self._convert(job, chunk, time.perf_counter() - t0, t0)
 
     def render(self, pcm: np.ndarray, cost_s: float) -> np.ndarray:
-        """Batched mode: take decoded engine audio through the voice stage and the resampler.
+        """Batched mode: take the current segment's decoded audio through the voice stage and the resampler.
 
         Args:
             pcm: ``(N,)`` float32 at the engine's sample rate (may be empty).
@@ -237,10 +291,41 @@ class SegmentRenderer:
             RuntimeError: no segment is being rendered.
             Exception: whatever the voice stage raised (call :meth:`abandon`).
         """
-        job = self._job
-        if job is None:
+        if not self._jobs:
             raise RuntimeError("no segment is being rendered")
-        return self._convert(job, pcm, cost_s, time.perf_counter())
+        return self._convert(self._jobs[0], pcm, cost_s, time.perf_counter())
+
+    def hold(self, sequence: EngineSequence, pcm: np.ndarray, cost_s: float, final: bool) -> None:
+        """Batched mode: keep decoded audio of a segment generated ahead until it is current.
+
+        Args:
+            final: this is the segment's last audio (its sequence has ended).
+
+        Raises:
+            KeyError: ``sequence`` is not in flight here.
+        """
+        for job in self._jobs:
+            if job.sequence is sequence:
+                if pcm.size:
+                    job.held.append(pcm)
+                job.held_cost_s += cost_s
+                job.held_final |= final
+                return
+        raise KeyError("the sequence is not in flight in this renderer")
+
+    @property
+    def held_final(self) -> bool:
+        """Batched mode: the current segment's last audio was among what it held."""
+        return bool(self._jobs) and self._jobs[0].held_final
+
+    def take_held(self) -> tuple[np.ndarray, float]:
+        """Batched mode: the engine audio held for the current segment and its cost (then forgotten)."""
+        if not self._jobs:
+            return np.zeros(0, dtype=np.float32), 0.0
+        job = self._jobs[0]
+        held = np.concatenate(job.held) if job.held else np.zeros(0, dtype=np.float32)
+        cost, job.held, job.held_cost_s = job.held_cost_s, [], 0.0
+        return held, cost
 
     def _convert(self, job: _Job, chunk: np.ndarray, cost_s: float, t0: float) -> np.ndarray:
         if chunk.size:
@@ -258,21 +343,20 @@ class SegmentRenderer:
         """Flush what the voice stage and the resampler hold (end of an utterance).
 
         Returns:
-            ``(N,)`` float32 at :attr:`out_rate`, counted to the segment in progress if any.
+            ``(N,)`` float32 at :attr:`out_rate`, counted to the current segment if any.
         """
         held = self.voice.flush()
         pcm = self.resampler.process(held) if held.size else np.zeros(0, dtype=np.float32)
         pcm = np.concatenate([pcm, self.resampler.flush()])
-        if self._job is not None:
-            self._job.samples += pcm.size
+        if self._jobs:
+            self._jobs[0].samples += pcm.size
         return pcm
 
     def end(self) -> SegmentDone:
-        """Close the segment in progress and return its figures (its engine sequence is released)."""
-        job = self._job
-        if job is None:
+        """Close the current segment and return its figures (its engine sequence is released)."""
+        if not self._jobs:
             raise RuntimeError("no segment is being rendered")
-        self._job = None
+        job = self._jobs.popleft()
         self._release(job)
         seg = job.segment
         ttfa = None if job.first_audio is None else (job.first_audio - seg.queued_at) * 1000
@@ -289,11 +373,28 @@ class SegmentRenderer:
         """Forget the speculative prefill (its engine resources are released)."""
         self._release_prefill()
 
+    def drop(self, sequence: EngineSequence) -> Segment | None:
+        """Batched mode: abandon the one segment whose engine sequence this is (it failed).
+
+        Its sequence is released; if it was the current segment, the voice stage and the
+        resampler are reset too (its audio stops mid-way). Returns the segment, or ``None``
+        if the sequence is not in flight here.
+        """
+        for i, job in enumerate(self._jobs):
+            if job.sequence is sequence:
+                del self._jobs[i]
+                self._release(job)
+                if i == 0:
+                    self.voice.reset()
+                    self.resampler.reset()
+                return job.segment
+        return None
+
     def abandon(self) -> None:
-        """Drop the segment in progress, the prefill and everything the stages hold (barge-in)."""
-        job, self._job = self._job, None
+        """Drop every segment in flight, the prefill and everything the stages hold (barge-in)."""
+        jobs, self._jobs = list(self._jobs), collections.deque()
         self._release_prefill()
-        if job is not None:
+        for job in jobs:
             self._release(job)
         self.voice.reset()
         self.resampler.reset()

@@ -8,15 +8,18 @@ engine for all of them on one thread, in one of two ways:
 vLLM's scheduler does it. Each step:
 
 1. every stream is prepared (:meth:`Stream.prepare`): a cancel or disconnect drops its
-   sequence, a sentence whose text is complete becomes an engine sequence;
+   sequences, a sentence whose text is complete becomes an engine sequence at once,
+   even while an earlier sentence of the stream is still being spoken (up to
+   ``segments_ahead`` of them: their audio is held until their turn);
 2. the batch is assembled: every stream with a sequence and room in its outbox is a
    candidate, earliest playback deadline first (the moment its listener runs out of
    audio). At most ``max_batch`` sequences hold the engine's KV-cache slots; when a
-   candidate has none and no slot is free, a slot is taken from a speculative prefill,
-   then from a paused stream (full outbox: a slow client), then from the running
-   sequence with the latest deadline if that is more than :data:`PREEMPT_MARGIN_S` later
-   than the candidate's (its cache is recomputed when it runs again). Whoever does not
-   get a slot waits;
+   sentence being spoken has none and no slot is free, a slot is taken from a
+   speculative prefill, then from a sentence generated ahead, then from a paused stream
+   (full outbox: a slow client), then from the running sequence with the latest
+   deadline if that is more than :data:`PREEMPT_MARGIN_S` later than the candidate's
+   (its cache is recomputed when it runs again). Whoever does not get a slot waits;
+   sentences generated ahead and speculative prefills use free slots only;
 3. one model call (:meth:`BatchedEngine.step`) advances every sequence in the batch:
    one audio token each for those generating, and up to ``prefill_chunk_tokens`` prompt
    tokens shared by those joining (chunked prefill: a long prompt takes several steps
@@ -114,6 +117,8 @@ class Pipeline:
             :class:`~tts_server.engines.base.BatchedEngine` (``False``: chunk by chunk).
         prefill_chunk_tokens: prompt tokens one batched step may run in all (new
             sentences first, then speculative prefills).
+        segments_ahead: batched mode: segments of a stream whose text is complete that
+            may be generated while an earlier one is still being spoken (in free KV slots).
 
     Attributes:
         batched: True when the streams are served by continuous batching.
@@ -131,6 +136,7 @@ class Pipeline:
         prefill: bool = True,
         batching: bool = True,
         prefill_chunk_tokens: int = 32,
+        segments_ahead: int = 2,
     ) -> None:
         if prefill_chunk_tokens < 1:
             raise ValueError(f"prefill_chunk_tokens must be at least 1, got {prefill_chunk_tokens}")
@@ -140,6 +146,7 @@ class Pipeline:
             engine if self.batched and isinstance(engine, BatchedEngine) else None
         )
         self._prefill_chunk_tokens = prefill_chunk_tokens
+        self._segments_ahead = segments_ahead if self._batch_engine is not None else 0
         self._prefills = prefill and (isinstance(engine, PrefillingEngine) or self._batch_engine is not None)
         self._recheck_s: float | None = None
         self.voices: VoiceProvider = voices or DefaultVoiceOnly(lambda: Passthrough(engine.sample_rate))
@@ -164,6 +171,11 @@ class Pipeline:
     def max_pending_chars(self) -> int:
         """Unspoken characters a stream may hold."""
         return self._max_pending_chars
+
+    @property
+    def segments_ahead(self) -> int:
+        """Batched mode: segments a stream may generate beyond the one being spoken (0 otherwise)."""
+        return self._segments_ahead
 
     @property
     def max_queued_samples(self) -> int:
@@ -382,21 +394,42 @@ class Pipeline:
         return progressed
 
     def _assemble(self, engine: BatchedEngine, streams: list[Stream], deadlines: dict[int, float | None]) -> list[_Row]:
-        """Choose this step's batch: slots by earliest deadline, then the prompt-token budget."""
-        candidates: list[tuple[float, Stream, EngineSequence]] = []
+        """Choose this step's batch: slots by earliest deadline, then the prompt-token budget.
+
+        Order of claim: the segments being spoken (earliest deadline first; they may take
+        a slot from others), then segments generated ahead, then speculative prefills
+        (both only into free slots).
+        """
+        current: list[tuple[float, Stream, EngineSequence]] = []
+        ahead: list[tuple[float, int, Stream, EngineSequence]] = []
         for stream in streams:
-            sequence, deadline = stream.sequence, deadlines[stream.id]
-            if sequence is not None and not sequence.finished and deadline is not None and sequence.pending_tokens:
-                candidates.append((deadline, stream, sequence))
-        candidates.sort(key=lambda c: c[0])
+            deadline = deadlines[stream.id]
+            if deadline is None:  # nothing to do, or its client is not reading
+                continue
+            sequence = stream.sequence
+            if sequence is not None and not sequence.finished and sequence.pending_tokens:
+                current.append((deadline, stream, sequence))
+            for position, later in enumerate(stream.sequences_ahead, 1):
+                if not later.finished and later.pending_tokens:
+                    ahead.append((deadline, position, stream, later))
+        current.sort(key=lambda c: c[0])
+        ahead.sort(key=lambda c: (c[0], c[1]))
         chosen: list[tuple[Stream, EngineSequence]] = []
         free = engine.free_slots
-        for index, (deadline, stream, sequence) in enumerate(candidates):
+        for index, (deadline, stream, sequence) in enumerate(current):
             if len(chosen) >= engine.max_batch:
                 break
             if not sequence.resident:
-                if not free and self._free_a_slot(engine, streams, deadlines, deadline, candidates[index + 1 :]):
+                if not free and self._free_a_slot(engine, streams, deadlines, deadline, current[index + 1 :]):
                     free += 1
+                if not free:
+                    continue
+                free -= 1
+            chosen.append((stream, sequence))
+        for _, _, stream, sequence in ahead:
+            if len(chosen) >= engine.max_batch:
+                break
+            if not sequence.resident:
                 if not free:
                     continue
                 free -= 1
@@ -435,16 +468,21 @@ class Pipeline:
         deadline: float,
         later: list[tuple[float, Stream, EngineSequence]],
     ) -> bool:
-        """Evict one resident sequence for a candidate with ``deadline`` (see the module docstring)."""
+        """Evict one resident sequence for a segment being spoken with ``deadline`` (module docstring)."""
         for stream in streams:  # speculative prefills first: they are only a speed-up
             speculation = stream.speculation
             if speculation is not None and speculation.resident:
                 engine.evict(speculation)
                 return True
+        for stream in sorted(streams, key=lambda s: _key(deadlines[s.id]), reverse=True):  # then work ahead
+            for sequence in reversed(stream.sequences_ahead):
+                if sequence.resident:
+                    engine.evict(sequence)
+                    return True
         for stream in streams:  # then streams whose client is not reading
-            sequence = stream.sequence
-            if sequence is not None and sequence.resident and deadlines[stream.id] is None:
-                engine.evict(sequence)
+            paused = stream.sequence
+            if paused is not None and paused.resident and deadlines[stream.id] is None:
+                engine.evict(paused)
                 return True
         for other_deadline, _, sequence in reversed(later):  # then the latest deadline, if much later
             if sequence.resident and other_deadline > deadline + PREEMPT_MARGIN_S:
@@ -454,42 +492,51 @@ class Pipeline:
         return False
 
     def _decode(self, engine: BatchedEngine, streams: list[Stream], deadlines: dict[int, float | None]) -> bool:
-        """Decode for every stream that needs audio now, with the others that have a token ready."""
+        """Decode for every stream whose listener needs audio now, with the others that have some ready.
+
+        Due: a segment being spoken that has its first audio ready, has finished, or has
+        gathered a chunk as long as its listener's lead allows. When a call is due, it also
+        takes every segment being spoken with at least a token of audio ready, and segments
+        generated ahead that have finished or gathered a largest chunk (their audio is
+        held until their turn).
+        """
         due = False
-        batch: list[Stream] = []
+        batch: list[tuple[Stream, EngineSequence]] = []
         for stream in streams:
-            sequence = stream.sequence
-            if sequence is None or deadlines[stream.id] is None:
+            if deadlines[stream.id] is None:
                 continue
-            ready = sequence.ready_samples
-            if sequence.finished:
-                due = True
-                batch.append(stream)
-            elif ready > 0:
-                if sequence.decoded_samples == 0:
+            sequence = stream.sequence
+            if sequence is not None:
+                ready = sequence.ready_samples
+                if sequence.finished:
                     due = True
-                else:
-                    target = chunk_target_samples(
-                        stream.lead_s,
-                        sequence.rtf,
-                        engine.sample_rate,
-                        engine.min_chunk_samples,
-                        engine.max_chunk_samples,
-                    )
-                    due |= ready >= target
-                if ready >= engine.min_chunk_samples or sequence.decoded_samples == 0:
-                    batch.append(stream)
+                    batch.append((stream, sequence))
+                elif ready > 0:
+                    if sequence.decoded_samples == 0:
+                        due = True
+                    else:
+                        target = chunk_target_samples(
+                            stream.lead_s,
+                            sequence.rtf,
+                            engine.sample_rate,
+                            engine.min_chunk_samples,
+                            engine.max_chunk_samples,
+                        )
+                        due |= ready >= target
+                    if ready >= engine.min_chunk_samples or sequence.decoded_samples == 0:
+                        batch.append((stream, sequence))
+            for later in stream.sequences_ahead:
+                if (later.finished and not later.ended) or later.ready_samples >= engine.max_chunk_samples:
+                    batch.append((stream, later))
         if not due or not batch:
             return False
         started = time.perf_counter()
-        done = self._run_split(
-            lambda part: engine.decode([s.sequence for s in part if s.sequence is not None]), batch, self._fail_stream
-        )
+        done = self._run_split(lambda part: engine.decode([seq for _, seq in part]), batch, self._fail_decode)
         elapsed = time.perf_counter() - started
         for part, audio in done:
-            for stream, pcm in zip(part, audio, strict=True):
+            for (stream, sequence), pcm in zip(part, audio, strict=True):
                 cost, stream.step_cost_s = stream.step_cost_s + elapsed / len(batch), 0.0
-                stream.deliver(pcm, cost)
+                stream.deliver(sequence, pcm, cost)
         return True
 
     def _fail_row(self, row: _Row, exc: BaseException) -> None:
@@ -497,10 +544,11 @@ class Pipeline:
             log.warning("stream %d: speculative prefill failed: %s", row.stream.id, exc)
             row.stream.renderer.drop_prefill()  # the sentence is prefilled with its segment instead
             return
-        row.stream.fail(exc)
+        row.stream.fail(exc, row.sequence)
 
-    def _fail_stream(self, stream: Stream, exc: BaseException) -> None:
-        stream.fail(exc)
+    def _fail_decode(self, item: tuple[Stream, EngineSequence], exc: BaseException) -> None:
+        stream, sequence = item
+        stream.fail(exc, sequence)
 
     def _run_split(
         self,

@@ -58,6 +58,7 @@ def build_pipeline(
         prefill=config.engine.prefill,
         batching=config.engine.batching,
         prefill_chunk_tokens=config.engine.prefill_chunk_tokens,
+        segments_ahead=config.engine.segments_ahead,
     )
     pipeline.start()
     return pipeline

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import threading
@@ -75,6 +76,11 @@ class StreamHost(Protocol):
     @property
     def prefills(self) -> bool:
         """True if streams should prefill sentences still being written."""
+        ...
+
+    @property
+    def segments_ahead(self) -> int:
+        """Batched mode: segments a stream may generate beyond the one being spoken."""
         ...
 
     def new_segmenter(self) -> Segmenter:
@@ -129,6 +135,9 @@ class Stream:
         self._lock = threading.Lock()
         self._epoch = 0
         self._work: collections.deque[Segment | _FlushMark] = collections.deque()
+        # Batched mode, inference thread: segments begun (current first) and the flush marks
+        # between them, in order; a mark is posted once every segment before it is done.
+        self._flight: collections.deque[Segment | _FlushMark] = collections.deque()
         self._queued_samples = 0
         self._queued_chars = 0  # text of the segments in _work
         self._closed = False
@@ -354,8 +363,13 @@ class Stream:
 
     @property
     def sequence(self) -> EngineSequence | None:
-        """Batched mode: the engine sequence of the segment in flight (not finished or not yet delivered)."""
+        """Batched mode: the engine sequence of the segment being spoken."""
         return self.renderer.sequence
+
+    @property
+    def sequences_ahead(self) -> list[EngineSequence]:
+        """Batched mode: engine sequences of later segments, generated ahead (in order)."""
+        return self.renderer.sequences[1:]
 
     @property
     def speculation(self) -> EngineSequence | None:
@@ -365,91 +379,149 @@ class Stream:
     def prepare(self) -> None:
         """Batched mode, before each step (inference thread only).
 
-        Applies a cancel (the engine sequences are released), posts the flush marks that
-        are due, begins the next segment when none is in flight (its engine sequence then
-        waits for the scheduler to run it), and updates the speculative prefill of the
-        sentence still being written. A segment the engine refuses gets a
-        :class:`StreamError`; one with nothing to speak completes at once.
+        Applies a cancel (the engine sequences are released); begins the segments whose
+        text is complete, up to ``segments_ahead`` beyond the one being spoken (their
+        engine sequences then wait for the scheduler to run them); posts the flush marks
+        that are due; updates the speculative prefill of the sentence still being
+        written. A segment the engine refuses gets a :class:`StreamError`; one with
+        nothing to speak completes when its turn comes.
         """
         renderer = self.renderer
+        room = 1 + self._host.segments_ahead
         while True:
             with self._lock:
                 epoch = self._epoch
                 cancelled = self._stage_epoch != epoch
                 self._stage_epoch = epoch
-                item = self._work.popleft() if not cancelled and not renderer.busy and self._work else None
+                segments = sum(isinstance(item, Segment) for item in self._flight)
+                take = not cancelled and self._work and (segments < room or isinstance(self._work[0], _FlushMark))
+                item = self._work.popleft() if take else None
                 if isinstance(item, Segment):
                     self._queued_chars -= len(item.text)
-                pending = self._pending_text if item is None and not renderer.busy and self._prefill_due() else None
+                pending = self._pending_text if item is None and self._prefill_due() else None
                 pause_over = time.monotonic() >= self._last_push + PREFILL_PAUSE_S
             if cancelled:
                 renderer.abandon()
+                self._flight.clear()
                 continue
             if isinstance(item, _FlushMark):
-                self._post(epoch, Flushed(item.flush_id, (), 0))
+                if self._flight:
+                    self._flight.append(item)  # after the segments still in flight
+                else:
+                    self._post(epoch, Flushed(item.flush_id, (), 0))
                 continue
             if isinstance(item, Segment):
-                self._switch_voice(epoch)
+                current = not renderer.busy
+                if current:
+                    self._switch_voice(epoch)
                 try:
                     renderer.begin(item)
                 except Exception as exc:  # the engine cannot speak it (too long...): this segment only
                     log.warning("stream %d: segment %d refused: %s", self.id, item.index, exc)
                     self._post(epoch, StreamError(f"synthesis failed for segment {item.index}: {exc}", item.index))
                     continue
-                sequence = renderer.sequence
-                if sequence is not None and sequence.ended:  # nothing to speak in it
-                    self._finish(epoch)
-                    continue
-                return
+                self._flight.append(item)
+                continue
             if pending is not None and pause_over:
                 renderer.prefill(pending)
             return
 
-    def deliver(self, pcm: np.ndarray, cost_s: float) -> None:
-        """Batched mode: engine audio decoded for the segment in flight (inference thread only).
+    def deliver(self, sequence: EngineSequence, pcm: np.ndarray, cost_s: float) -> None:
+        """Batched mode: engine audio decoded for one of this stream's segments (inference thread only).
 
-        Runs it through the voice stage and the resampler and posts it; once the engine
-        sequence has ended, completes the segment (:class:`SegmentDone`, and the stages'
-        held audio when no other segment follows).
+        Audio of the segment being spoken goes through the voice stage and the resampler
+        and is posted; once its engine sequence has ended the segment completes
+        (:class:`SegmentDone`) and the next one in flight takes over, with the audio it was
+        given meanwhile. Audio of a segment generated ahead is held until then.
 
         Args:
+            sequence: whose audio this is.
             pcm: ``(N,)`` float32 at the engine's sample rate (may be empty).
             cost_s: this segment's share of the batched model calls.
         """
         renderer = self.renderer
-        if not renderer.busy:
-            return
         with self._lock:
             epoch = self._epoch
             if self._stage_epoch != epoch:
-                return  # a cancel came in: the next prepare() drops the segment
+                return  # a cancel came in: the next prepare() drops the segments
+        if sequence is not renderer.sequence:
+            with contextlib.suppress(KeyError):  # KeyError: dropped by a failure in the same step
+                renderer.hold(sequence, pcm, cost_s, sequence.ended)
+            return
         try:
             out = renderer.render(pcm, cost_s)
         except Exception as exc:  # the voice stage failed: this segment only
             self.fail(exc)
             return
         self._post_audio(epoch, out, self._current_index)
-        sequence = renderer.sequence
-        if sequence is not None and sequence.ended:
+        if sequence.ended:
             self._finish(epoch)
 
-    def fail(self, exc: BaseException) -> None:
-        """Batched mode: the segment in flight failed; report it and drop it (the stream goes on)."""
-        index = self._current_index
-        log.error("stream %d: synthesis of segment %d failed: %s", self.id, index, exc, exc_info=exc)
-        with self._lock:
-            epoch = self._epoch
-        self.renderer.abandon()
-        self._post(epoch, StreamError(f"synthesis failed for segment {index}: {exc}", index))
+    def fail(self, exc: BaseException, sequence: EngineSequence | None = None) -> None:
+        """Batched mode: a segment failed; report it and drop it, and only it (the stream goes on).
 
-    def _finish(self, epoch: int) -> None:
-        """The segment in flight is complete: flush the stages if no segment follows, post its figures."""
+        Args:
+            exc: what went wrong.
+            sequence: the failing segment's engine sequence (``None``: the current one).
+        """
         renderer = self.renderer
         with self._lock:
-            more = any(isinstance(queued, Segment) for queued in self._work)
+            epoch = self._epoch
+        target = sequence if sequence is not None else renderer.sequence
+        current = target is not None and target is renderer.sequence
+        segment = renderer.drop(target) if target is not None else None
+        index = segment.index if segment is not None else -1
+        log.error("stream %d: synthesis of segment %d failed: %s", self.id, index, exc, exc_info=exc)
+        self._post(epoch, StreamError(f"synthesis failed for segment {index}: {exc}", index))
+        for i, item in enumerate(self._flight):
+            if item is segment:
+                del self._flight[i]
+                break
+        if current:
+            self._post_marks(epoch)
+            if renderer.busy:
+                self._switch_voice(epoch)
+            self._promote(epoch)
+
+    def _finish(self, epoch: int) -> None:
+        """The current segment is complete: flush the stages if nothing follows, post its figures, go on."""
+        renderer = self.renderer
+        with self._lock:
+            more = renderer.in_flight > 1 or any(isinstance(queued, Segment) for queued in self._work)
         if not more:  # out of text for now: push out what the stages still hold
             self._post_audio(epoch, renderer.drain(), self._current_index)
         self._post(epoch, renderer.end())
+        if self._flight:
+            self._flight.popleft()  # the segment that ended (marks before it were posted already)
+        self._post_marks(epoch)
+        if renderer.busy:
+            self._switch_voice(epoch)
+        self._promote(epoch)
+
+    def _promote(self, epoch: int) -> None:
+        """The current segment takes over: send the audio held for it; complete it if it has ended."""
+        renderer = self.renderer
+        if not renderer.busy:
+            return
+        held, cost = renderer.take_held()
+        try:
+            out = renderer.render(held, cost)
+        except Exception as exc:  # the voice stage failed: this segment only
+            self.fail(exc)
+            return
+        self._post_audio(epoch, out, self._current_index)
+        # Complete only once its last audio has been handed over: an engine sequence may
+        # end in a decode whose audio is delivered after this, in the same step.
+        if renderer.held_final:
+            self._finish(epoch)
+
+    def _post_marks(self, epoch: int) -> None:
+        """Post the flush marks now at the head of the flight (no segment before them is left)."""
+        flight = self._flight
+        while flight and isinstance(flight[0], _FlushMark):
+            mark = flight.popleft()
+            assert isinstance(mark, _FlushMark)
+            self._post(epoch, Flushed(mark.flush_id, (), 0))
 
     def step(self) -> None:
         """Chunk mode: do one chunk of work for this stream (inference thread only)."""

@@ -378,3 +378,65 @@ async def test_speculative_prefill_runs_inside_the_batch_and_is_reused(pipeline_
     mixed = [rows for rows in forwards.calls if any(r.length > 1 for r in rows) and any(r.length == 1 for r in rows)]
     assert mixed  # prefill chunks rode along with the talker's decode rows
     talker.cancel()
+
+
+async def test_a_streams_next_sentences_are_generated_while_the_first_is_spoken(
+    pipeline_for, make_soprano_dir, monkeypatch, rounding48
+):
+    """Sentences whose text is complete join the batch at once (up to segments_ahead beyond
+    the one being spoken): their tokens share forwards with the first sentence's, and the
+    stream's audio is still each sentence's audio, in order, with the flush after all."""
+    import soxr
+
+    engine = SopranoEngine(make_soprano_dir(40), device="cpu", **EXACT)
+    # What the stream must send: each sentence's audio, one after the other, resampled as
+    # one signal (the stream's resampler runs on across its segments).
+    native = np.concatenate([np.concatenate(list(engine.synthesize(t))) for t in TEXTS])
+    reference = soxr.resample(native, engine.sample_rate, 48_000, quality="HQ")
+    forwards = Forwards(engine, monkeypatch)
+    pipeline = pipeline_for(engine)
+    assert pipeline.segments_ahead == 2
+    stream = pipeline.open_stream()
+    stream.push(" ".join(TEXTS))
+    stream.flush()
+    events = await collect(stream)
+    done = [e for e in events if isinstance(e, SegmentDone)]
+    assert [e.text for e in done] == TEXTS
+    assert isinstance(events[-1], Flushed) and events[-1].segments == (0, 1, 2)
+    # Three sentences of one stream in the same forwards (one slot each).
+    assert max(len({r.slot for r in rows}) for rows in forwards.calls) == 3
+    got = audio(events)
+    assert got.shape == reference.shape
+    assert np.abs(got - reference).max() <= 5 * rounding48
+
+
+async def test_a_sentence_failing_ahead_gets_an_error_and_the_others_go_on(pipeline_for, make_soprano_dir, monkeypatch):
+    engine = SopranoEngine(make_soprano_dir(40), device="cpu")
+    poisoned: set[int] = set()
+    start, decode = engine.start, engine.streaming_decoder.decode
+
+    def tracking_start(text, prefill=None):
+        seq = start(text, prefill)
+        if "explode" in text:
+            poisoned.add(id(seq.decoder))
+        return seq
+
+    def failing_decode(states, latents, end):
+        if any(id(s) in poisoned for s in states):
+            raise RuntimeError("decoder exploded")
+        return decode(states, latents, end)
+
+    monkeypatch.setattr(engine, "start", tracking_start)
+    monkeypatch.setattr(engine.streaming_decoder, "decode", failing_decode)
+    pipeline = pipeline_for(engine)
+    stream = pipeline.open_stream()
+    stream.push("The first one is fine. The second will explode here. The third is fine too.")
+    stream.flush()
+    events = await collect(stream)
+    errors = [e for e in events if isinstance(e, StreamError)]
+    assert len(errors) == 1 and errors[0].segment == 1 and "decoder exploded" in errors[0].message
+    done = [e for e in events if isinstance(e, SegmentDone)]
+    assert [e.text for e in done] == ["The first one is fine.", "The third is fine too."]
+    assert all(e.audio_samples > 0 for e in done)
+    assert isinstance(events[-1], Flushed)
+    assert engine.free_slots == engine.max_batch

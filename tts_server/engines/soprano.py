@@ -484,16 +484,15 @@ class SopranoEngine:
                 seq.started_at = now
         for i, token in zip(sampling, tokens, strict=True):
             seq = seqs[i]
-            if token == self.stop_id:
+            if token != self.stop_id:
+                seq.queued.append(hidden[i])
+                seq.latents += 1
+                seq.ids.append(token)
+                assert seq.seen is not None
+                seq.seen[token] = True
+            if token == self.stop_id or seq.latents >= seq.limit:
                 seq.finished = True
-                continue
-            seq.queued.append(hidden[i])
-            seq.latents += 1
-            seq.ids.append(token)
-            assert seq.seen is not None
-            seq.seen[token] = True
-            if seq.latents >= seq.limit:
-                seq.finished = True
+                self.evict(seq)  # its KV cache is no longer needed: the slot is free for others
 
     def decode(self, sequences: Sequence[EngineSequence]) -> list[np.ndarray]:
         """Decode what each sequence has ready, in one decoder call (see :meth:`BatchedEngine.decode`).
