@@ -248,3 +248,91 @@ def build_soprano_dir(
     write_tokenizer(model_dir)
     torch.save(SopranoDecoder().state_dict(), model_dir / "decoder.pth")
     return model_dir
+
+
+def one_shot_decode(decoder: Any, latents: torch.Tensor) -> torch.Tensor:
+    """The package's ``SopranoDecoder`` on all latents at once, in the decoder's dtype.
+
+    Args:
+        decoder: a ``soprano.vocos.decoder.SopranoDecoder``.
+        latents: ``(T, 512)``.
+
+    Returns:
+        ``(2048·(T−1),)`` samples at 32 kHz (empty when T < 2).
+    """
+    if latents.shape[0] < 2:
+        return torch.zeros(0, dtype=latents.dtype)
+    with torch.inference_mode():
+        return decoder(latents.T[None].to(next(decoder.parameters()).dtype))[0]
+
+
+def float32_decode_error(decoder: Any, latents: torch.Tensor) -> float:
+    """Max abs difference between float32 and float64 one-shot decoding of ``latents``.
+
+    The scale of rounding in the decoder's output: tests derive their tolerances from it.
+    """
+    import copy
+
+    exact = one_shot_decode(copy.deepcopy(decoder).double(), latents.double())
+    return float((one_shot_decode(decoder, latents.float()).double() - exact).abs().max())
+
+
+def float64_reference_audio(model_dir: Path, token_ids: list[int], prompt_tokens: int) -> torch.Tensor:
+    """Soprano's audio for a known token sequence, computed in float64 with the package's model and decoder.
+
+    The latent of the audio token at position ``p`` is the final hidden state at ``p − 1``
+    (the hidden state whose logits chose it), as ``SopranoTTS.infer`` takes them.
+
+    Args:
+        model_dir: a Soprano model directory.
+        token_ids: prompt ids followed by the generated audio-token ids (no ``[STOP]``).
+        prompt_tokens: how many of ``token_ids`` are the prompt.
+
+    Returns:
+        ``(2048·(T−1),)`` float64 samples at 32 kHz, T = generated tokens.
+    """
+    from soprano.vocos.decoder import SopranoDecoder
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64).eval()
+    with torch.inference_mode():
+        hidden = model.model(input_ids=torch.tensor([token_ids])).last_hidden_state[0]
+    latents = hidden[prompt_tokens - 1 : len(token_ids) - 1]
+    decoder = SopranoDecoder()
+    decoder.load_state_dict(torch.load(model_dir / "decoder.pth", map_location="cpu", weights_only=True))
+    return one_shot_decode(decoder.double().eval(), latents)
+
+
+def float32_audio_error(model_dir: Path, engine: Any, text: str, sample_rate: int = 32_000) -> float:
+    """The float32 rounding scale of ``text``'s audio, for deriving test tolerances.
+
+    Max abs difference between the reference package's own float32 ``SopranoTTS.infer``
+    and the same model computed in float64 (:func:`float64_reference_audio`) on the token
+    sequence ``engine`` (a ``SopranoEngine``) generates. Two float32 implementations of the
+    model each land within about this distance of the exact audio.
+
+    Args:
+        sample_rate: 32 000 (the model's rate) or another rate, reached by resampling both
+            signals with soxr (float64 for the exact one), as the pipeline does.
+    """
+    import contextlib
+    import io
+
+    from soprano.tts import SopranoTTS
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints device and latency
+        reference = SopranoTTS(model_path=str(model_dir), device="cpu").infer(text).double().numpy()
+    seq = engine.start(text)
+    prompt = len(seq.ids)
+    while not seq.finished:
+        engine.step([(seq, 64)])
+    engine.release(seq)
+    exact = float64_reference_audio(Path(model_dir), seq.ids, prompt).numpy()
+    if reference.shape != exact.shape:
+        raise ValueError(f"the package's audio has {reference.shape} samples, the float64 one {exact.shape}")
+    if sample_rate != 32_000:
+        import soxr
+
+        reference = soxr.resample(reference.astype("float32"), 32_000, sample_rate, quality="HQ")
+        exact = soxr.resample(exact, 32_000, sample_rate, quality="HQ")
+    return float(abs(reference - exact).max())

@@ -89,6 +89,10 @@ class EngineSettings(_Section):
     threads: NonNegInt = 0
     warmup: bool = True
     prefill: bool = True
+    batching: bool = True
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
+    prefill_chunk_tokens: Annotated[int, msgspec.Meta(ge=1, le=512)] = 32
+    segments_ahead: Annotated[int, msgspec.Meta(ge=0, le=64)] = 2
 
 
 class SopranoSettings(_Section):
@@ -96,7 +100,8 @@ class SopranoSettings(_Section):
 
     model: str = "ekwek/Soprano-1.1-80M"
     model_path: str = ""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = "auto"
+    decoder_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     temperature: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     top_p: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.95
     repetition_penalty: Annotated[float, msgspec.Meta(ge=1)] = 1.2

@@ -56,6 +56,9 @@ def build_pipeline(
         max_pending_chars=config.server.max_pending_chars,
         segmenter_factory=segmenter_factory(config),
         prefill=config.engine.prefill,
+        batching=config.engine.batching,
+        prefill_chunk_tokens=config.engine.prefill_chunk_tokens,
+        segments_ahead=config.engine.segments_ahead,
     )
     pipeline.start()
     return pipeline

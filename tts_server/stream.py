@@ -9,10 +9,15 @@ token never holds the event loop); :meth:`Stream.flush`, :meth:`Stream.cancel`,
 :meth:`Stream.close`; :meth:`Stream.get` returns audio and events in order.
 
 Inference-thread side: the scheduler asks each stream for its deadline
-(:meth:`Stream.deadline`) and lets the most urgent one do one chunk of work
-(:meth:`Stream.step`) through its :class:`~tts_server.renderer.SegmentRenderer`. Results
-go back to the event loop with ``call_soon_threadsafe``; a cancel in between makes them
-stale (each carries the stream's generation) and they are dropped there.
+(:meth:`Stream.deadline`). Chunk by chunk (an engine that cannot batch, or batching
+switched off), it lets the most urgent stream do one chunk of work (:meth:`Stream.step`)
+through its renderer (:class:`~tts_server.renderer.Renderer`). Batched, it calls
+:meth:`Stream.prepare` on every stream before each step (cancels, flush marks, the next
+segment's engine sequence, speculative prefill), advances all streams' sequences in one
+model call, and hands each stream its decoded audio (:meth:`Stream.deliver`) or its
+failure (:meth:`Stream.fail`). Results go back to the event loop with
+``call_soon_threadsafe``; a cancel in between makes them stale (each carries the
+stream's generation) and they are dropped there.
 
 Backpressure. A stream's outgoing queue holds at most ``max_queued_samples`` of audio.
 When it is full the stream has no deadline (the scheduler skips it) until its client
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import threading
@@ -35,8 +41,9 @@ from typing import Protocol
 
 import numpy as np
 
+from .engines.base import EngineSequence
 from .events import OUTPUT_SAMPLE_RATE, Audio, Event, Flushed, PendingTextFull, Segment, SegmentDone, StreamError
-from .renderer import SegmentRenderer
+from .renderer import Renderer
 from .segmenter import Segmenter
 from .voice_stage import VoiceStage
 
@@ -70,6 +77,11 @@ class StreamHost(Protocol):
     @property
     def prefills(self) -> bool:
         """True if streams should prefill sentences still being written."""
+        ...
+
+    @property
+    def segments_ahead(self) -> int:
+        """Batched mode: segments a stream may generate beyond the one being spoken."""
         ...
 
     def new_segmenter(self) -> Segmenter:
@@ -109,9 +121,7 @@ class Stream:
         renderer: engine → voice stage → resampler for this stream.
     """
 
-    def __init__(
-        self, host: StreamHost, stream_id: int, loop: asyncio.AbstractEventLoop, renderer: SegmentRenderer
-    ) -> None:
+    def __init__(self, host: StreamHost, stream_id: int, loop: asyncio.AbstractEventLoop, renderer: Renderer) -> None:
         self.id = stream_id
         self._host = host
         self._loop = loop
@@ -126,6 +136,9 @@ class Stream:
         self._lock = threading.Lock()
         self._epoch = 0
         self._work: collections.deque[Segment | _FlushMark] = collections.deque()
+        # Batched mode, inference thread: segments begun (current first) and the flush marks
+        # between them, in order; a mark is posted once every segment before it is done.
+        self._flight: collections.deque[Segment | _FlushMark] = collections.deque()
         self._queued_samples = 0
         self._queued_chars = 0  # text of the segments in _work
         self._closed = False
@@ -136,6 +149,8 @@ class Stream:
         self._pending_text = ""  # snapshot of the segmenter's buffer, for prefill
         self._last_push = 0.0
         self._play_until = time.monotonic()
+        #: Batched mode: this stream's share of the model calls since its last delivery (seconds).
+        self.step_cost_s = 0.0
 
     # -- event-loop side -----------------------------------------------------------------
 
@@ -369,8 +384,175 @@ class Stream:
         self._play_until = max(self._play_until, time.monotonic()) + pcm.size / OUTPUT_SAMPLE_RATE
         self._post(epoch, Audio(pcm, segment))
 
+    @property
+    def lead_s(self) -> float:
+        """Seconds of audio sent to the client and not yet played (0 when it has run dry)."""
+        return max(0.0, self._play_until - time.monotonic())
+
+    @property
+    def sequence(self) -> EngineSequence | None:
+        """Batched mode: the engine sequence of the segment being spoken."""
+        return self.renderer.sequence
+
+    @property
+    def sequences_ahead(self) -> list[EngineSequence]:
+        """Batched mode: engine sequences of later segments, generated ahead (in order)."""
+        return self.renderer.sequences[1:]
+
+    @property
+    def speculation(self) -> EngineSequence | None:
+        """Batched mode: the engine sequence prefilling the sentence still being written."""
+        return self.renderer.speculation
+
+    def prepare(self) -> None:
+        """Batched mode, before each step (inference thread only).
+
+        Applies a cancel (the engine sequences are released); begins the segments whose
+        text is complete, up to ``segments_ahead`` beyond the one being spoken (their
+        engine sequences then wait for the scheduler to run them); posts the flush marks
+        that are due; updates the speculative prefill of the sentence still being
+        written. A segment the engine refuses gets a :class:`StreamError`; one with
+        nothing to speak completes when its turn comes.
+        """
+        renderer = self.renderer
+        room = 1 + self._host.segments_ahead
+        while True:
+            with self._lock:
+                epoch = self._epoch
+                cancelled = self._stage_epoch != epoch
+                self._stage_epoch = epoch
+                segments = sum(isinstance(item, Segment) for item in self._flight)
+                take = not cancelled and self._work and (segments < room or isinstance(self._work[0], _FlushMark))
+                item = self._work.popleft() if take else None
+                if isinstance(item, Segment):
+                    self._queued_chars -= len(item.text)
+                pending = self._pending_text if item is None and self._prefill_due() else None
+                pause_over = time.monotonic() >= self._last_push + PREFILL_PAUSE_S
+            if cancelled:
+                renderer.abandon()
+                self._flight.clear()
+                continue
+            if isinstance(item, _FlushMark):
+                if self._flight:
+                    self._flight.append(item)  # after the segments still in flight
+                else:
+                    self._post(epoch, Flushed(item.flush_id, (), 0))
+                continue
+            if isinstance(item, Segment):
+                current = not renderer.busy
+                if current:
+                    self._switch_voice(epoch)
+                try:
+                    renderer.begin(item)
+                except Exception as exc:  # the engine cannot speak it (too long...): this segment only
+                    log.warning("stream %d: segment %d refused: %s", self.id, item.index, exc)
+                    self._post(epoch, StreamError(f"synthesis failed for segment {item.index}: {exc}", item.index))
+                    continue
+                self._flight.append(item)
+                continue
+            if pending is not None and pause_over:
+                renderer.prefill(pending)
+            return
+
+    def deliver(self, sequence: EngineSequence, pcm: np.ndarray, cost_s: float) -> None:
+        """Batched mode: engine audio decoded for one of this stream's segments (inference thread only).
+
+        Audio of the segment being spoken goes through the voice stage and the resampler
+        and is posted; once its engine sequence has ended the segment completes
+        (:class:`SegmentDone`) and the next one in flight takes over, with the audio it was
+        given meanwhile. Audio of a segment generated ahead is held until then.
+
+        Args:
+            sequence: whose audio this is.
+            pcm: ``(N,)`` float32 at the engine's sample rate (may be empty).
+            cost_s: this segment's share of the batched model calls.
+        """
+        renderer = self.renderer
+        with self._lock:
+            epoch = self._epoch
+            if self._stage_epoch != epoch:
+                return  # a cancel came in: the next prepare() drops the segments
+        if sequence is not renderer.sequence:
+            with contextlib.suppress(KeyError):  # KeyError: dropped by a failure in the same step
+                renderer.hold(sequence, pcm, cost_s, sequence.ended)
+            return
+        try:
+            out = renderer.render(pcm, cost_s)
+        except Exception as exc:  # the voice stage failed: this segment only
+            self.fail(exc)
+            return
+        self._post_audio(epoch, out, self._current_index)
+        if sequence.ended:
+            self._finish(epoch)
+
+    def fail(self, exc: BaseException, sequence: EngineSequence | None = None) -> None:
+        """Batched mode: a segment failed; report it and drop it, and only it (the stream goes on).
+
+        Args:
+            exc: what went wrong.
+            sequence: the failing segment's engine sequence (``None``: the current one).
+        """
+        renderer = self.renderer
+        with self._lock:
+            epoch = self._epoch
+        target = sequence if sequence is not None else renderer.sequence
+        current = target is not None and target is renderer.sequence
+        segment = renderer.drop(target) if target is not None else None
+        index = segment.index if segment is not None else -1
+        log.error("stream %d: synthesis of segment %d failed: %s", self.id, index, exc, exc_info=exc)
+        self._post(epoch, StreamError(f"synthesis failed for segment {index}: {exc}", index))
+        for i, item in enumerate(self._flight):
+            if item is segment:
+                del self._flight[i]
+                break
+        if current:
+            self._post_marks(epoch)
+            if renderer.busy:
+                self._switch_voice(epoch)
+            self._promote(epoch)
+
+    def _finish(self, epoch: int) -> None:
+        """The current segment is complete: flush the stages if nothing follows, post its figures, go on."""
+        renderer = self.renderer
+        with self._lock:
+            more = renderer.in_flight > 1 or any(isinstance(queued, Segment) for queued in self._work)
+        if not more:  # out of text for now: push out what the stages still hold
+            self._post_audio(epoch, renderer.drain(), self._current_index)
+        self._post(epoch, renderer.end())
+        if self._flight:
+            self._flight.popleft()  # the segment that ended (marks before it were posted already)
+        self._post_marks(epoch)
+        if renderer.busy:
+            self._switch_voice(epoch)
+        self._promote(epoch)
+
+    def _promote(self, epoch: int) -> None:
+        """The current segment takes over: send the audio held for it; complete it if it has ended."""
+        renderer = self.renderer
+        if not renderer.busy:
+            return
+        held, cost = renderer.take_held()
+        try:
+            out = renderer.render(held, cost)
+        except Exception as exc:  # the voice stage failed: this segment only
+            self.fail(exc)
+            return
+        self._post_audio(epoch, out, self._current_index)
+        # Complete only once its last audio has been handed over: an engine sequence may
+        # end in a decode whose audio is delivered after this, in the same step.
+        if renderer.held_final:
+            self._finish(epoch)
+
+    def _post_marks(self, epoch: int) -> None:
+        """Post the flush marks now at the head of the flight (no segment before them is left)."""
+        flight = self._flight
+        while flight and isinstance(flight[0], _FlushMark):
+            mark = flight.popleft()
+            assert isinstance(mark, _FlushMark)
+            self._post(epoch, Flushed(mark.flush_id, (), 0))
+
     def step(self) -> None:
-        """Do one chunk of work for this stream (inference thread only)."""
+        """Chunk mode: do one chunk of work for this stream (inference thread only)."""
         renderer = self.renderer
         with self._lock:
             epoch = self._epoch
@@ -405,11 +587,7 @@ class Stream:
         if pcm is not None:
             self._post_audio(epoch, pcm, self._current_index)
             return
-        with self._lock:
-            more = any(isinstance(queued, Segment) for queued in self._work)
-        if not more:  # out of text for now: push out what the stages still hold
-            self._post_audio(epoch, renderer.drain(), self._current_index)
-        self._post(epoch, renderer.end())
+        self._finish(epoch)
 
     @property
     def _current_index(self) -> int:

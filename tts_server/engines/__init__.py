@@ -5,11 +5,19 @@ from __future__ import annotations
 import logging
 
 from ..config import Config
-from .base import EngineLoadError, PrefillingEngine, TTSEngine
+from .base import BatchedEngine, BatchOutOfMemory, EngineLoadError, EngineSequence, PrefillingEngine, TTSEngine
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EngineLoadError", "PrefillingEngine", "TTSEngine", "load_engine"]
+__all__ = [
+    "BatchOutOfMemory",
+    "BatchedEngine",
+    "EngineLoadError",
+    "EngineSequence",
+    "PrefillingEngine",
+    "TTSEngine",
+    "load_engine",
+]
 
 
 def _soprano(config: Config) -> TTSEngine:
@@ -21,6 +29,9 @@ def _soprano(config: Config) -> TTSEngine:
         model_dir,
         device=config.engine.device,
         dtype=s.dtype,
+        decoder_dtype=s.decoder_dtype,
+        max_batch=config.engine.max_batch,
+        prefill_chunk_tokens=config.engine.prefill_chunk_tokens,
         model_name=s.model_path or s.model,
         temperature=s.temperature,
         top_p=s.top_p,
