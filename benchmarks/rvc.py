@@ -220,7 +220,9 @@ def profile(buffer_ms: int = 820, block_ms: int = 250, repeats: int = 7) -> dict
                     lambda: net._flow(net._prior(feats, pitch)[:, :192, -ret - 24 :], g)  # noqa: B023
                 ),
                 f"decoder ({ret * 10} ms at 48 kHz)": best(lambda: net._decoder(z, g, source)),  # noqa: B023
-                f"F0 pm ({block_ms + 160} ms)": best(lambda: f0.estimate(x[-(block_ms + 160) * 16 :], block_ms // 10 + 16)),
+                f"F0 pm ({block_ms + 160} ms)": best(
+                    lambda: f0.estimate(x[-(block_ms + 160) * 16 :], block_ms // 10 + 16)
+                ),
                 "index retrieval": best(
                     lambda: index.blend(np.ascontiguousarray(x[: (ret // 2) * 768].reshape(-1, 768)), 0.75)  # noqa: B023
                 ),

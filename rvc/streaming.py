@@ -34,14 +34,12 @@ import torch.nn.functional as F
 
 from .content import CONTENT_SAMPLE_RATE
 from .converter import VoiceConverter
-from .f0 import F0_HOP_LENGTH
+from .f0 import F0_HOP_LENGTH, F0Estimator
 from .pitch import shift_f0
 
 log = logging.getLogger(__name__)
 
 _FRAME = F0_HOP_LENGTH  # 10 ms at 16 kHz
-_F0_MARGIN_FRAMES = 8  # left/right context given to the F0 estimator around new frames
-_F0_EDGE_FRAMES = {"pm": 3, "rmvpe": 2}  # trailing frames whose F0 window is cut off
 
 
 def _frames(ms: float, name: str, minimum: int) -> int:
@@ -49,6 +47,51 @@ def _frames(ms: float, name: str, minimum: int) -> int:
     if n < minimum:
         raise ValueError(f"{name} must be at least {minimum * 10} ms, got {ms}")
     return n
+
+
+class StreamingF0:
+    """F0 of a live 16 kHz stream, block by block, each block given the left context its
+    estimator needs to give the value whole-file analysis would.
+
+    Every block, the estimator sees the last ``context + edge + block`` frames of audio;
+    the ``block + edge`` newest frames are (re)written (the ``edge`` frames held back last
+    time now have the audio to their right), and the newest ``edge`` frames, whose
+    analysis window reaches past the end, hold the last reliable value until the next
+    block. The audio history is kept here, independent of the converter's HuBERT buffer,
+    so a long F0 context (FCPE wants 1 s) costs no HuBERT time.
+
+    Args:
+        estimator: the F0 estimator (its ``context_frames`` and ``edge_frames``).
+        block_frames: 10 ms frames per block.
+        track_frames: how many of the newest frames :meth:`push` returns.
+    """
+
+    def __init__(self, estimator: F0Estimator, block_frames: int, track_frames: int) -> None:
+        self.estimator = estimator
+        self.block_frames = block_frames
+        self.window_frames = estimator.context_frames + estimator.edge_frames + block_frames
+        self.track_frames = max(track_frames, self.window_frames)
+        self._audio = np.zeros(self.window_frames * _FRAME, dtype=np.float32)
+        self._f0 = np.zeros(self.track_frames, dtype=np.float64)
+        self._requested = track_frames
+
+    def push(self, block_16k: np.ndarray) -> np.ndarray:
+        """Add one block (``(block_frames · 160,)`` float32 at 16 kHz).
+
+        Returns:
+            ``(track_frames,)`` float64 F0 in Hz of the newest frames (a copy).
+        """
+        n, b = block_16k.size, self.block_frames
+        self._audio[:-n] = self._audio[n:]
+        self._audio[-n:] = block_16k
+        self._f0[:-b] = self._f0[b:]
+        f0 = self.estimator.estimate(self._audio, self.window_frames)
+        edge = self.estimator.edge_frames
+        fresh = b + edge
+        self._f0[-fresh:] = f0[-fresh:]
+        if edge:
+            self._f0[-edge:] = self._f0[-edge - 1]
+        return self._f0[-self._requested :].copy()
 
 
 class StreamingConverter:
@@ -128,7 +171,13 @@ class StreamingConverter:
         )
         self._pending = np.zeros(0, dtype=np.float32)
         self._buffer = np.zeros(self.buffer_frames * _FRAME, dtype=np.float32)
+        est = self.converter.f0_estimator
         self._f0 = np.zeros(self.buffer_frames, dtype=np.float64)
+        self._f0_stream = (
+            StreamingF0(est, self.block_frames, self.buffer_frames)
+            if est is not None and self.converter.voice.f0
+            else None
+        )
         self._phase = 0.0
         self._tail: np.ndarray | None = None  # output after the emitted block: crossfade + search
         self._generator = self.converter.new_generator()
@@ -206,31 +255,14 @@ class StreamingConverter:
             out.append(self._process_block(new, pitch_shift))
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
-    def _update_f0(self) -> None:
-        """Shift the pitch cache by a block and estimate F0 for the newest frames."""
-        b = self.block_frames
-        self._f0[:-b] = self._f0[b:]
-        self._f0[-b:] = 0.0
-        est = self.converter.f0_estimator
-        if est is None:  # a voice without pitch guidance never asks for F0
-            return
-        margin = _F0_MARGIN_FRAMES
-        window_frames = min(self.buffer_frames, b + 2 * margin)
-        window = self._buffer[-window_frames * _FRAME :]
-        f0 = est.estimate(window, window_frames)
-        keep = min(window_frames, b + margin)  # drop the left margin (cut-off windows)
-        self._f0[-keep:] = f0[-keep:]
-        edge = _F0_EDGE_FRAMES.get(getattr(est, "name", ""), 3)
-        self._f0[-edge:] = self._f0[-edge - 1]  # hold until the next block re-estimates them
-
     def _process_block(self, new: np.ndarray, pitch_shift: float) -> np.ndarray:
         conv = self.converter
         n = new.size
         self._buffer[:-n] = self._buffer[n:]
         self._buffer[-n:] = new
         f0 = None
-        if conv.voice.f0:
-            self._update_f0()
+        if self._f0_stream is not None:
+            self._f0 = self._f0_stream.push(new)
             f0 = shift_f0(self._f0, pitch_shift)
         blended, raw = conv.features(self._buffer, retrieve_from=self.skip_frames // 2)
         half = self.buffer_frames // 2
