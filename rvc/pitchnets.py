@@ -167,21 +167,38 @@ class _FcpeLayer(nn.Module):
     def __init__(self, dim: int, kernel: int = 31) -> None:
         super().__init__()
         inner = 2 * dim
-        self.conformer = nn.Module()
-        self.conformer.net = nn.Sequential(
-            nn.LayerNorm(dim),
-            _Transpose(),
-            nn.Conv1d(dim, 2 * inner, 1),
-            nn.GLU(dim=1),
-            _DepthwiseConv(inner, kernel),
-            nn.SiLU(),
-            nn.Conv1d(inner, dim, 1),
-            _Transpose(),
+        self.conformer = _Body(
+            nn.Sequential(
+                nn.LayerNorm(dim),
+                _Transpose(),
+                nn.Conv1d(dim, 2 * inner, 1),
+                nn.GLU(dim=1),
+                _DepthwiseConv(inner, kernel),
+                nn.SiLU(),
+                nn.Conv1d(inner, dim, 1),
+                _Transpose(),
+            )
         )
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C)
         return x + self.conformer.net(x)
+
+
+class _Body(nn.Module):
+    """A holder whose only child is ``net`` (the checkpoints' extra level of key names)."""
+
+    def __init__(self, net: nn.Sequential) -> None:
+        super().__init__()
+        self.net = net
+
+
+class _Layers(nn.Module):
+    """A holder whose only child is ``encoder_layers`` (the checkpoints' key names)."""
+
+    def __init__(self, layers: nn.Sequential) -> None:
+        super().__init__()
+        self.encoder_layers = layers
 
 
 class FcpeNet(nn.Module):
@@ -197,8 +214,7 @@ class FcpeNet(nn.Module):
             nn.LeakyReLU(),
             nn.Conv1d(dim, dim, 3, padding=1),
         )
-        self.net = nn.Module()
-        self.net.encoder_layers = nn.Sequential(*(_FcpeLayer(dim) for _ in range(n_layers)))
+        self.net = _Layers(nn.Sequential(*(_FcpeLayer(dim) for _ in range(n_layers))))
         self.norm = nn.LayerNorm(dim)
         self.output_proj = nn.Linear(dim, N_BINS)
         self.register_buffer("cent_table", torch.zeros(N_BINS))

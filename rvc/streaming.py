@@ -305,3 +305,52 @@ class StreamingConverter:
         self.last_sola_offset = offset
         self._tail = wav[block:].copy()
         return wav[:block].astype(np.float32)
+
+
+#: Block sizes (ms) and contexts (ms) :func:`choose_block_settings` picks from.
+CANDIDATE_BLOCKS_MS = (100, 150, 250, 350, 500)
+CANDIDATE_CONTEXTS_MS = (2500, 500)
+
+
+def choose_block_settings(
+    compute_ms: dict[tuple[int, int], float], headroom: float = 0.8, crossfade_ms: float = 50
+) -> tuple[int, int] | None:
+    """The block and context that keep a stream real time with the least added latency.
+
+    A block of ``B`` ms that takes ``c`` ms to convert keeps up with playback when
+    ``c ≤ B`` (each block is converted before the next one's input is complete); asking
+    ``c ≤ headroom · B`` leaves ``1 − headroom`` of the time for the TTS engine sharing the
+    CPU and for jitter. What the block adds to the time to first audio is
+    ``B + c + crossfade + 10 ms`` (collect the block, convert it, hold the SOLA tail), so
+    among the settings that keep up the one with the least ``B + c`` wins; on a tie, the
+    longer context (better content features).
+
+    Args:
+        compute_ms: measured ms per block for ``(block_ms, context_ms)`` settings.
+        headroom: the share of real time conversion may use, 0 < headroom ≤ 1.
+        crossfade_ms: the SOLA crossfade (only shifts every candidate's latency alike).
+
+    Returns:
+        ``(block_ms, context_ms)``, or ``None`` when no setting keeps up.
+    """
+    feasible = [(b + c + crossfade_ms + 10, -ctx, b, ctx) for (b, ctx), c in compute_ms.items() if c <= headroom * b]
+    if not feasible:
+        return None
+    _, _, block, context = min(feasible)
+    return block, context
+
+
+def measure_block_ms(converter: VoiceConverter, block_ms: int, context_ms: int, blocks: int = 2) -> float:
+    """Median ms to convert one block of ``block_ms`` with ``context_ms`` (after one warm-up block)."""
+    import time
+
+    stream = StreamingConverter(converter, CONTENT_SAMPLE_RATE, block_ms=block_ms, context_ms=context_ms)
+    n = stream.block_frames * _FRAME
+    noise = np.random.default_rng(0).standard_normal(n * (blocks + 1)).astype(np.float32) * 0.05
+    stream.process(noise[:n])
+    times = []
+    for i in range(1, blocks + 1):
+        t0 = time.perf_counter()
+        stream.process(noise[i * n : (i + 1) * n])
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))

@@ -581,7 +581,7 @@ class Synthesizer(nn.Module):
         g = self.emb_g(torch.tensor([speaker_id], device=features.device))[:, :, None]
         flow_head = max(skip_head - _FLOW_CONTEXT_FRAMES, 0)
         dec_head = skip_head - flow_head
-        stats = self._prior(features, pitch) if self.use_pitch else self._prior(features)
+        stats = self._prior(features, pitch) if pitch is not None and self.use_pitch else self._prior(features)
         inter = self.cfg.inter_channels
         m_p, logs_p = stats[:, :inter, flow_head:], stats[:, inter:, flow_head:]
         if noise:

@@ -25,7 +25,7 @@ METHODS = ["pm", "harvest", "dio", "crepe-tiny", "crepe", "fcpe"]
 def harmonic(f0_per_sample: np.ndarray) -> np.ndarray:
     """Five harmonics with 1/k amplitudes, phase the running sum of the instantaneous F0."""
     phase = 2 * np.pi * np.cumsum(f0_per_sample) / SR
-    return sum(0.3 / k * np.sin(k * phase) for k in range(1, 6)).astype(np.float32)
+    return np.sum([0.3 / k * np.sin(k * phase) for k in range(1, 6)], axis=0).astype(np.float32)
 
 
 def glide(f_from: float, f_to: float, seconds: float) -> tuple[np.ndarray, np.ndarray]:
