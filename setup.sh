@@ -18,6 +18,9 @@ python -m pip install --upgrade pip
 # shellcheck disable=SC2086
 python -m pip install $TORCH
 python -m pip install -e ".[dev]"
+# Weights of the "fcpe" and "crepe" F0 estimators (only their asset files are read). --no-deps:
+# their torchaudio requirement would install a CUDA build that breaks `import transformers`.
+python -m pip install --no-deps torchfcpe==0.0.4 torchcrepe==0.0.24
 
 # The Discord bot needs libopus (Debian/Ubuntu: libopus0) to encode voice.
 if ! ldconfig -p 2>/dev/null | grep -q libopus; then

@@ -30,7 +30,14 @@ if TYPE_CHECKING:
     from .errors import VoiceFileError
     from .f0 import F0Estimator, load_f0_estimator
     from .pitch import PITCH_SHIFT_LIMIT
-    from .streaming import StreamingConverter
+    from .runtime import Backend, cpu_has_bf16, openvino_available
+    from .streaming import (
+        CANDIDATE_BLOCKS_MS,
+        CANDIDATE_CONTEXTS_MS,
+        StreamingConverter,
+        choose_block_settings,
+        measure_block_ms,
+    )
     from .voice import Voice, load_index, load_voice
 
 #: Public name → the module that defines it.
@@ -43,14 +50,24 @@ _HOME = {
     "F0Estimator": "f0",
     "load_f0_estimator": "f0",
     "PITCH_SHIFT_LIMIT": "pitch",
+    "Backend": "runtime",
+    "cpu_has_bf16": "runtime",
+    "openvino_available": "runtime",
     "StreamingConverter": "streaming",
+    "CANDIDATE_BLOCKS_MS": "streaming",
+    "CANDIDATE_CONTEXTS_MS": "streaming",
+    "choose_block_settings": "streaming",
+    "measure_block_ms": "streaming",
     "Voice": "voice",
     "load_index": "voice",
     "load_voice": "voice",
 }
 
 __all__ = [
+    "CANDIDATE_BLOCKS_MS",
+    "CANDIDATE_CONTEXTS_MS",
     "PITCH_SHIFT_LIMIT",
+    "Backend",
     "ContentEncoder",
     "F0Estimator",
     "SegmentSettings",
@@ -58,10 +75,14 @@ __all__ = [
     "Voice",
     "VoiceConverter",
     "VoiceFileError",
+    "choose_block_settings",
+    "cpu_has_bf16",
     "load_content_encoder",
     "load_f0_estimator",
     "load_index",
     "load_voice",
+    "measure_block_ms",
+    "openvino_available",
 ]
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint
 from .errors import VoiceFileError
+from .runtime import TORCH, Backend, Runner, make_runner
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,34 @@ class ContentEncoder(nn.Module):
         self.final_proj = final_proj
         self.normalize_waveform = normalize_waveform
         self.source = source
+        self.backend = TORCH
+        self._runners: dict[str, Runner] = {}
+
+    def use_backend(self, backend: Backend) -> None:
+        """Run HuBERT on ``backend`` from now on (OpenVINO compiles per version on :meth:`prepare`).
+
+        Raises:
+            ValueError: OpenVINO asked for while the weights are not float32.
+        """
+        if backend.runtime != "torch" and self.dtype != torch.float32:
+            raise ValueError(f"runtime {backend.runtime} needs the content encoder loaded in float32")
+        self.backend = backend
+        self._runners = {}
+
+    def prepare(self, version: str) -> None:
+        """Build the runner for ``version`` now rather than on the first call (OpenVINO: seconds)."""
+        self._runner(version)
+
+    def _runner(self, version: str) -> Runner:
+        runner = self._runners.get(version)
+        if runner is None:
+            if version == "v1":
+                self.check_compatible("v1")
+            net = _FeatureNet(self.model, min(_LAYER_FOR_VERSION[version], self.num_layers), self.final_proj, version)
+            example = torch.zeros(1, 16000, dtype=self.dtype, device=self.device)
+            runner = self._runners[version] = make_runner(net, self.backend, (example,), ((1,),))
+            log.info("content encoder (%s features) runs on %s", version, self.backend.name)
+        return runner
 
     @property
     def num_layers(self) -> int:
@@ -90,14 +119,24 @@ class ContentEncoder(nn.Module):
         x = audio_16k.reshape(1, -1).to(device=self.device, dtype=self.dtype)
         if self.normalize_waveform:
             x = torch.nn.functional.layer_norm(x.float(), x.shape[-1:]).to(self.dtype)
-        layer = min(_LAYER_FOR_VERSION[version], self.num_layers)
-        if layer == self.num_layers:
+        return self._runner(version)(x).to(self.dtype)
+
+
+class _FeatureNet(nn.Module):
+    """HuBERT up to the layer a voice version uses (+ ``final_proj`` for v1): ``(1, N)`` → ``(1, T, C)``."""
+
+    def __init__(self, model, layer: int, final_proj: nn.Linear | None, version: str) -> None:
+        super().__init__()
+        self.model = model
+        self.layer = layer
+        self.final_proj = final_proj if version == "v1" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer == int(self.model.config.num_hidden_layers):
             hidden = self.model(x).last_hidden_state
         else:
-            hidden = self.model(x, output_hidden_states=True).hidden_states[layer]
-        if version == "v1":
-            self.check_compatible("v1")
-            assert self.final_proj is not None  # check_compatible raised otherwise
+            hidden = self.model(x, output_hidden_states=True).hidden_states[self.layer]
+        if self.final_proj is not None:
             hidden = self.final_proj(hidden)
         return hidden
 
@@ -336,7 +375,10 @@ def _read_transformers_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_content_encoder(
-    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    backend: Backend = TORCH,
 ) -> ContentEncoder:
     """Load HuBERT-base/ContentVec from ``hubert_base.pt`` (fairseq) or a transformers directory.
 
@@ -344,7 +386,8 @@ def load_content_encoder(
         path: a fairseq checkpoint file, or a directory with ``config.json`` and
             ``model.safetensors`` / ``pytorch_model.bin`` (optionally with ``final_proj``).
         device: torch device.
-        dtype: ``torch.float32`` or ``torch.float16`` (CUDA).
+        dtype: ``torch.float32``, ``torch.bfloat16`` or ``torch.float16`` (CUDA).
+        backend: where HuBERT runs (:mod:`rvc.runtime`); OpenVINO needs float32.
 
     Raises:
         VoiceFileError: missing, truncated, not a HuBERT checkpoint, or not of hidden
@@ -355,6 +398,7 @@ def load_content_encoder(
         raise VoiceFileError(f"HuBERT file {p} does not exist")
     encoder = _load_transformers_dir(p) if p.is_dir() else _load_fairseq(p)
     encoder.eval().to(device=device, dtype=dtype)
+    encoder.use_backend(backend)
     log.info(
         "loaded content encoder %s: %d layers%s",
         p,

@@ -94,6 +94,7 @@ class VoiceConverter:
         segments: SegmentSettings = SegmentSettings(),
     ) -> None:
         content_encoder.check_compatible(voice.version)
+        content_encoder.prepare(voice.version)
         if voice.f0 and f0_estimator is None:
             raise ValueError(f"voice {voice.name} is pitch-guided: an F0 estimator is required")
         if not 0 <= speaker_id < voice.synthesizer.emb_g.num_embeddings:

@@ -18,6 +18,27 @@ re-implemented around :class:`~rvc.converter.VoiceConverter`:
    emitted; the next tail is kept.
 
 The output therefore trails the input by ``crossfade + search`` (see :attr:`latency_samples`).
+
+What is computed per block, and why (measured on 2 CPU cores, v2 48k voice, 250 ms
+block, 500 ms context; see :mod:`rvc.runtime` for the per-part table):
+
+* HuBERT over the whole buffer, every block: its first convolution is followed by a
+  GroupNorm over the whole input (one mean/variance per channel across time) and its 12
+  transformer layers attend over all frames, so no frame's features can be cached: new
+  audio changes them all. This is the part that grows with the context.
+* The prior (text) encoder over the whole buffer: relative-position self-attention over
+  all frames (global, like HuBERT). Cheap (hidden size 192).
+* The flow only from ``skip_head − 24`` frames: it is four WaveNet couplings of three
+  kernel-5 convolutions, ±24 frames of receptive field, so 24 frames of left context give
+  the new frames exactly the values the flow over the whole buffer would.
+* The NSF-HiFi-GAN decoder only on ``block + crossfade + search`` frames: it is
+  convolutional (local), the costliest part per frame (≈ 110 GFLOP per second of 48 kHz
+  audio), and the context frames' audio is never emitted.
+* F0 only on the newest block, with each estimator's own left context
+  (:class:`StreamingF0`), and index retrieval only on the new frames.
+
+What made it real time on a CPU is where the three networks run: OpenVINO (bf16 where
+the CPU has AVX-512 BF16), 2–4× faster than PyTorch eager per part.
 Unlike the GUI, unvoiced frames are not filled by interpolation, so that streaming and
 whole-file conversion of the same input agree.
 """
@@ -34,14 +55,12 @@ import torch.nn.functional as F
 
 from .content import CONTENT_SAMPLE_RATE
 from .converter import VoiceConverter
-from .f0 import F0_HOP_LENGTH
+from .f0 import F0_HOP_LENGTH, F0Estimator
 from .pitch import shift_f0
 
 log = logging.getLogger(__name__)
 
 _FRAME = F0_HOP_LENGTH  # 10 ms at 16 kHz
-_F0_MARGIN_FRAMES = 8  # left/right context given to the F0 estimator around new frames
-_F0_EDGE_FRAMES = {"pm": 3, "rmvpe": 2}  # trailing frames whose F0 window is cut off
 
 
 def _frames(ms: float, name: str, minimum: int) -> int:
@@ -49,6 +68,51 @@ def _frames(ms: float, name: str, minimum: int) -> int:
     if n < minimum:
         raise ValueError(f"{name} must be at least {minimum * 10} ms, got {ms}")
     return n
+
+
+class StreamingF0:
+    """F0 of a live 16 kHz stream, block by block, each block given the left context its
+    estimator needs to give the value whole-file analysis would.
+
+    Every block, the estimator sees the last ``context + edge + block`` frames of audio;
+    the ``block + edge`` newest frames are (re)written (the ``edge`` frames held back last
+    time now have the audio to their right), and the newest ``edge`` frames, whose
+    analysis window reaches past the end, hold the last reliable value until the next
+    block. The audio history is kept here, independent of the converter's HuBERT buffer,
+    so a long F0 context (FCPE wants 1 s) costs no HuBERT time.
+
+    Args:
+        estimator: the F0 estimator (its ``context_frames`` and ``edge_frames``).
+        block_frames: 10 ms frames per block.
+        track_frames: how many of the newest frames :meth:`push` returns.
+    """
+
+    def __init__(self, estimator: F0Estimator, block_frames: int, track_frames: int) -> None:
+        self.estimator = estimator
+        self.block_frames = block_frames
+        self.window_frames = estimator.context_frames + estimator.edge_frames + block_frames
+        self.track_frames = max(track_frames, self.window_frames)
+        self._audio = np.zeros(self.window_frames * _FRAME, dtype=np.float32)
+        self._f0 = np.zeros(self.track_frames, dtype=np.float64)
+        self._requested = track_frames
+
+    def push(self, block_16k: np.ndarray) -> np.ndarray:
+        """Add one block (``(block_frames · 160,)`` float32 at 16 kHz).
+
+        Returns:
+            ``(track_frames,)`` float64 F0 in Hz of the newest frames (a copy).
+        """
+        n, b = block_16k.size, self.block_frames
+        self._audio[:-n] = self._audio[n:]
+        self._audio[-n:] = block_16k
+        self._f0[:-b] = self._f0[b:]
+        f0 = self.estimator.estimate(self._audio, self.window_frames)
+        edge = self.estimator.edge_frames
+        fresh = b + edge
+        self._f0[-fresh:] = f0[-fresh:]
+        if edge:
+            self._f0[-edge:] = self._f0[-edge - 1]
+        return self._f0[-self._requested :].copy()
 
 
 class StreamingConverter:
@@ -128,7 +192,13 @@ class StreamingConverter:
         )
         self._pending = np.zeros(0, dtype=np.float32)
         self._buffer = np.zeros(self.buffer_frames * _FRAME, dtype=np.float32)
+        est = self.converter.f0_estimator
         self._f0 = np.zeros(self.buffer_frames, dtype=np.float64)
+        self._f0_stream = (
+            StreamingF0(est, self.block_frames, self.buffer_frames)
+            if est is not None and self.converter.voice.f0
+            else None
+        )
         self._phase = 0.0
         self._tail: np.ndarray | None = None  # output after the emitted block: crossfade + search
         self._generator = self.converter.new_generator()
@@ -206,31 +276,14 @@ class StreamingConverter:
             out.append(self._process_block(new, pitch_shift))
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
-    def _update_f0(self) -> None:
-        """Shift the pitch cache by a block and estimate F0 for the newest frames."""
-        b = self.block_frames
-        self._f0[:-b] = self._f0[b:]
-        self._f0[-b:] = 0.0
-        est = self.converter.f0_estimator
-        if est is None:  # a voice without pitch guidance never asks for F0
-            return
-        margin = _F0_MARGIN_FRAMES
-        window_frames = min(self.buffer_frames, b + 2 * margin)
-        window = self._buffer[-window_frames * _FRAME :]
-        f0 = est.estimate(window, window_frames)
-        keep = min(window_frames, b + margin)  # drop the left margin (cut-off windows)
-        self._f0[-keep:] = f0[-keep:]
-        edge = _F0_EDGE_FRAMES.get(getattr(est, "name", ""), 3)
-        self._f0[-edge:] = self._f0[-edge - 1]  # hold until the next block re-estimates them
-
     def _process_block(self, new: np.ndarray, pitch_shift: float) -> np.ndarray:
         conv = self.converter
         n = new.size
         self._buffer[:-n] = self._buffer[n:]
         self._buffer[-n:] = new
         f0 = None
-        if conv.voice.f0:
-            self._update_f0()
+        if self._f0_stream is not None:
+            self._f0 = self._f0_stream.push(new)
             f0 = shift_f0(self._f0, pitch_shift)
         blended, raw = conv.features(self._buffer, retrieve_from=self.skip_frames // 2)
         half = self.buffer_frames // 2
@@ -273,3 +326,52 @@ class StreamingConverter:
         self.last_sola_offset = offset
         self._tail = wav[block:].copy()
         return wav[:block].astype(np.float32)
+
+
+#: Block sizes (ms) and contexts (ms) :func:`choose_block_settings` picks from.
+CANDIDATE_BLOCKS_MS = (100, 150, 250, 350, 500)
+CANDIDATE_CONTEXTS_MS = (2500, 500)
+
+
+def choose_block_settings(
+    compute_ms: dict[tuple[int, int], float], headroom: float = 0.8, crossfade_ms: float = 50
+) -> tuple[int, int] | None:
+    """The block and context that keep a stream real time with the least added latency.
+
+    A block of ``B`` ms that takes ``c`` ms to convert keeps up with playback when
+    ``c ≤ B`` (each block is converted before the next one's input is complete); asking
+    ``c ≤ headroom · B`` leaves ``1 − headroom`` of the time for the TTS engine sharing the
+    CPU and for jitter. What the block adds to the time to first audio is
+    ``B + c + crossfade + 10 ms`` (collect the block, convert it, hold the SOLA tail), so
+    among the settings that keep up the one with the least ``B + c`` wins; on a tie, the
+    longer context (better content features).
+
+    Args:
+        compute_ms: measured ms per block for ``(block_ms, context_ms)`` settings.
+        headroom: the share of real time conversion may use, 0 < headroom ≤ 1.
+        crossfade_ms: the SOLA crossfade (only shifts every candidate's latency alike).
+
+    Returns:
+        ``(block_ms, context_ms)``, or ``None`` when no setting keeps up.
+    """
+    feasible = [(b + c + crossfade_ms + 10, -ctx, b, ctx) for (b, ctx), c in compute_ms.items() if c <= headroom * b]
+    if not feasible:
+        return None
+    _, _, block, context = min(feasible)
+    return block, context
+
+
+def measure_block_ms(converter: VoiceConverter, block_ms: int, context_ms: int, blocks: int = 2) -> float:
+    """Median ms to convert one block of ``block_ms`` with ``context_ms`` (after one warm-up block)."""
+    import time
+
+    stream = StreamingConverter(converter, CONTENT_SAMPLE_RATE, block_ms=block_ms, context_ms=context_ms)
+    n = stream.block_frames * _FRAME
+    noise = np.random.default_rng(0).standard_normal(n * (blocks + 1)).astype(np.float32) * 0.05
+    stream.process(noise[:n])
+    times = []
+    for i in range(1, blocks + 1):
+        t0 = time.perf_counter()
+        stream.process(noise[i * n : (i + 1) * n])
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))

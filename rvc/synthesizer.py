@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .runtime import TORCH, Backend, EagerRunner, Runner, make_runner
+
 log = logging.getLogger(__name__)
 
 _LRELU_SLOPE = 0.1
@@ -487,6 +489,40 @@ class Synthesizer(nn.Module):
         self.flow = FlowStack(cfg.inter_channels, cfg.hidden_channels, cfg.gin_channels)
         self.dec = Vocoder(cfg, use_pitch)
         self.emb_g = nn.Embedding(cfg.spk_embed_dim, cfg.gin_channels)
+        self.backend = TORCH
+        self._prior: Runner = EagerRunner(_PriorStats(self.enc_p))
+        self._flow: Runner = EagerRunner(_FlowReverse(self.flow))
+        self._decoder: Runner = EagerRunner(self.dec if use_pitch else _DecoderNoSource(self.dec))
+
+    def use_backend(self, backend: Backend) -> None:
+        """Run the prior encoder, the flow and the decoder on ``backend`` from now on.
+
+        OpenVINO compiles the three networks here (a few seconds) with their time axes
+        dynamic; the NSF source and all random draws stay in PyTorch.
+
+        Raises:
+            ValueError: OpenVINO asked for while the weights are not float32.
+        """
+        if backend.runtime != "torch" and self.emb_g.weight.dtype != torch.float32:
+            raise ValueError(f"runtime {backend.runtime} needs the voice loaded in float32")
+        t = 40
+        c = self.cfg
+        feats = torch.zeros(1, t, self.feature_dim)
+        pitch = torch.ones(1, t, dtype=torch.long)
+        g = torch.zeros(1, c.gin_channels, 1)
+        z = torch.zeros(1, c.inter_channels, t)
+        prior = _PriorStats(self.enc_p)
+        self._prior = make_runner(
+            prior, backend, (feats, pitch) if self.use_pitch else (feats,), ((1,), (1,)) if self.use_pitch else ((1,),)
+        )
+        self._flow = make_runner(_FlowReverse(self.flow), backend, (z, g), ((2,), ()))
+        if self.use_pitch:
+            source = torch.zeros(1, 1, t * self.hop_length)
+            self._decoder = make_runner(self.dec, backend, (z, g, source), ((2,), (), (2,)))
+        else:
+            self._decoder = make_runner(_DecoderNoSource(self.dec), backend, (z, g), ((2,), ()))
+        self.backend = backend
+        log.info("synthesizer runs on %s", backend.name)
 
     @property
     def sample_rate(self) -> int:
@@ -545,13 +581,15 @@ class Synthesizer(nn.Module):
         g = self.emb_g(torch.tensor([speaker_id], device=features.device))[:, :, None]
         flow_head = max(skip_head - _FLOW_CONTEXT_FRAMES, 0)
         dec_head = skip_head - flow_head
-        m_p, logs_p = self.enc_p(features, pitch if self.use_pitch else None, flow_head)
+        stats = self._prior(features, pitch) if pitch is not None and self.use_pitch else self._prior(features)
+        inter = self.cfg.inter_channels
+        m_p, logs_p = stats[:, :inter, flow_head:], stats[:, inter:, flow_head:]
         if noise:
             eps = torch.randn(m_p.shape, generator=generator, dtype=m_p.dtype, device=m_p.device)
             z_p = m_p + torch.exp(logs_p) * eps * _NOISE_SCALE
         else:
             z_p = m_p
-        z = self.flow.reverse(z_p, g)[:, :, dec_head : dec_head + return_length]
+        z = self._flow(z_p, g.to(z_p.dtype))[:, :, dec_head : dec_head + return_length]
         source = None
         if self.use_pitch:
             if f0 is None:
@@ -563,4 +601,39 @@ class Synthesizer(nn.Module):
                 generator=generator,
                 phase0=phase0,
             )
-        return self.dec(z, g, source)[:, 0].float()
+        if source is None:
+            return self._decoder(z, g.to(z.dtype))[:, 0].float()
+        return self._decoder(z, g.to(z.dtype), source.to(z.dtype))[:, 0].float()
+
+
+class _PriorStats(nn.Module):
+    """``enc_p`` on all frames, its two outputs stacked: ``(B, 2·inter, T)`` (one tensor out, for runners)."""
+
+    def __init__(self, enc_p: PriorEncoder) -> None:
+        super().__init__()
+        self.enc_p = enc_p
+
+    def forward(self, features: torch.Tensor, pitch: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.cat(self.enc_p(features, pitch, 0), dim=1)
+
+
+class _FlowReverse(nn.Module):
+    """The flow run in reverse (prior sample → decoder latent) as a plain ``forward``."""
+
+    def __init__(self, flow: FlowStack) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, z_p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return self.flow.reverse(z_p, g)
+
+
+class _DecoderNoSource(nn.Module):
+    """The decoder of a voice without pitch guidance (no NSF source input)."""
+
+    def __init__(self, dec: Vocoder) -> None:
+        super().__init__()
+        self.dec = dec
+
+    def forward(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return self.dec(z, g, None)

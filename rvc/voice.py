@@ -24,6 +24,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .errors import VoiceFileError
+from .runtime import TORCH, Backend
 from .synthesizer import SAMPLE_RATES, Synthesizer, SynthesizerConfig
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,7 @@ def load_voice(
     index_rate: float = 0.75,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    backend: Backend = TORCH,
 ) -> Voice:
     """Load an RVC voice file (v1/v2, 32k/40k/48k, with or without pitch guidance).
 
@@ -195,7 +197,9 @@ def load_voice(
         index_path: optional faiss ``.index`` of the same voice.
         index_rate: weight of retrieved features, 0..1 (0 disables retrieval).
         device: torch device for inference.
-        dtype: ``torch.float32``, or ``torch.float16`` (CUDA only, in practice).
+        dtype: ``torch.float32``, ``torch.bfloat16`` (CPUs with AVX-512 BF16), or
+            ``torch.float16`` (CUDA only, in practice).
+        backend: where the networks run (:mod:`rvc.runtime`); OpenVINO needs float32.
 
     Raises:
         VoiceFileError: missing/truncated/non-RVC file, missing or misshapen weights,
@@ -266,6 +270,7 @@ def load_voice(
         raise VoiceFileError(f"{p}: {len(bad)} tensors do not match the config, e.g. {k} is {got}, expected {want}")
     net.load_state_dict({k: weights[k].float() for k in expected})
     net.eval().to(device=device, dtype=dtype)
+    net.use_backend(backend)
 
     index = None
     if index_path is not None:

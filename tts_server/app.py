@@ -209,6 +209,8 @@ class _Session:
         max_token_chars: longest token accepted.
         idle_timeout_s: see the module docstring.
         transport: the connection, dropped when a close frame cannot leave.
+        load_voice: checks a voice name and loads its files (blocking; run in a worker thread
+            before the stream switches to it, so the inference thread never waits for a load).
     """
 
     def __init__(
@@ -219,9 +221,11 @@ class _Session:
         *,
         idle_timeout_s: float = 120.0,
         transport: asyncio.Transport | None = None,
+        load_voice: Callable[[str | None], None],
     ) -> None:
         self.ws = ws
         self.stream = stream
+        self.load_voice = load_voice
         self.max_token_chars = max_token_chars
         self.idle_timeout_s = idle_timeout_s
         self.transport = transport
@@ -246,6 +250,9 @@ class _Session:
                 await self.ws.send_str(event_json(Cancelled()))
         if message.voice is not msgspec.UNSET:
             try:
+                # Loading a voice's files (and, with auto_block, measuring it) takes seconds:
+                # done here, off the loop and off the inference thread, so no stream waits for it.
+                await asyncio.to_thread(self.load_voice, message.voice)
                 self.stream.set_voice(message.voice)
             except UnknownVoice as exc:
                 await self.ws.send_json({"error": str(exc)})
@@ -343,6 +350,7 @@ async def ws_stream(request: web.Request) -> web.WebSocketResponse:
         settings.max_token_chars,
         idle_timeout_s=settings.idle_timeout_s,
         transport=request.transport,
+        load_voice=app[PIPELINE].preload_voice,
     )
     app[SESSIONS].add(session)
     opened = time.monotonic()
@@ -504,6 +512,7 @@ async def api_speak(request: web.Request) -> web.StreamResponse:
         )
     pipeline = app[PIPELINE]
     try:
+        await asyncio.to_thread(pipeline.preload_voice, body.voice)  # off the loop and the inference thread
         stream = pipeline.open_stream(voice=body.voice)
     except PipelineBusy as exc:
         return json_error(503, str(exc))

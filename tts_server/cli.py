@@ -28,7 +28,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", help="the voice's faiss .index")
     p.add_argument("--hubert", help="HuBERT content encoder: hubert_base.pt or a transformers directory")
     p.add_argument("--rmvpe", help="rmvpe.pt for the rmvpe F0 method")
-    p.add_argument("--f0-method", choices=["pm", "rmvpe"], help="F0 estimator for RVC")
+    p.add_argument(
+        "--f0-method",
+        choices=["pm", "harvest", "dio", "crepe", "crepe-tiny", "fcpe", "rmvpe"],
+        help="F0 estimator for RVC",
+    )
 
 
 def _say_parser(sub: argparse._SubParsersAction) -> None:

@@ -134,14 +134,16 @@ class RVCSettings(_Section):
     index_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.75
     voices_dir: str = ""
     hubert: str = "hubert_base.pt"
-    f0_method: Literal["pm", "rmvpe"] = "pm"
+    f0_method: Literal["pm", "harvest", "dio", "crepe", "crepe-tiny", "fcpe", "rmvpe"] = "pm"
     rmvpe: str = ""
     protect: Annotated[float, msgspec.Meta(ge=0, le=0.5)] = 0.33
     block_ms: Annotated[float, msgspec.Meta(ge=20, le=2000)] = 250
     context_ms: Annotated[float, msgspec.Meta(ge=0, le=10000)] = 2500
     crossfade_ms: Annotated[float, msgspec.Meta(ge=0, le=500)] = 50
+    auto_block: bool = True
     device: str = "auto"
-    precision: Literal["auto", "float32", "float16"] = "auto"
+    runtime: Literal["auto", "torch", "openvino"] = "auto"
+    precision: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
 
 
 class Config(_Section):

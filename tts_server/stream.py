@@ -42,7 +42,17 @@ from typing import Protocol
 import numpy as np
 
 from .engines.base import EngineSequence
-from .events import OUTPUT_SAMPLE_RATE, Audio, Event, Flushed, PendingTextFull, Segment, SegmentDone, StreamError
+from .events import (
+    OUTPUT_SAMPLE_RATE,
+    Audio,
+    Event,
+    Flushed,
+    PendingTextFull,
+    Segment,
+    SegmentDone,
+    StreamError,
+    UnknownVoice,
+)
 from .renderer import Renderer
 from .segmenter import Segmenter
 from .voice_stage import VoiceStage
@@ -604,7 +614,8 @@ class Stream:
         try:
             stage = self._host.voice_stage(voice)
         except Exception as exc:  # a bad voice file must not end the stream
-            log.warning("stream %d: voice %r refused: %s", self.id, voice, exc)
-            self._post(epoch, StreamError(f"voice {voice!r} refused: {exc}"))
+            message = str(exc) if isinstance(exc, UnknownVoice) else f"voice {voice!r} refused: {exc}"
+            log.warning("stream %d: %s", self.id, message)
+            self._post(epoch, StreamError(message))
             return
         self._post_audio(epoch, self.renderer.set_voice(stage), -1)

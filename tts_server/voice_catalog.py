@@ -34,6 +34,28 @@ def _dtype(precision: str, device: str) -> torch.dtype:
     return getattr(torch, precision)
 
 
+def _backend(settings: RVCSettings, device: str) -> tuple[rvc.Backend, torch.dtype]:
+    """The runtime and torch dtype ``[rvc]`` asks for on ``device`` (see config.toml)."""
+    import torch
+
+    import rvc
+
+    on_cpu = device == "cpu"
+    runtime = settings.runtime
+    if runtime == "auto":
+        runtime = "openvino" if on_cpu and rvc.openvino_available() else "torch"
+    if runtime == "openvino":
+        if not on_cpu:
+            raise ValueError(f"[rvc] runtime 'openvino' runs on the CPU, not on {device}")
+        precision = settings.precision
+        if precision == "auto":
+            precision = "bfloat16" if rvc.cpu_has_bf16() else "float32"
+        if precision == "float16":
+            raise ValueError("[rvc] precision float16 is for GPUs; with openvino use float32 or bfloat16")
+        return rvc.Backend("openvino", precision), torch.float32
+    return rvc.Backend(), _dtype(settings.precision, device)
+
+
 class VoiceCatalog:
     """Voice stages by name, for :class:`~tts_server.scheduler.Pipeline` (its ``voices``).
 
@@ -57,7 +79,8 @@ class VoiceCatalog:
         self.noise = noise
         self.input_sample_rate = input_sample_rate
         self.device = device if settings.device == "auto" else settings.device
-        self.dtype = _dtype(settings.precision, self.device)
+        self.backend, self.dtype = _backend(settings, self.device)
+        self._blocks: dict[str, tuple[float, float]] = {}
         self._files: dict[str, tuple[Path, Path | None]] = {}
         self._converters: dict[str, rvc.VoiceConverter] = {}
         self._lock = threading.Lock()
@@ -79,7 +102,7 @@ class VoiceCatalog:
         import rvc
 
         self._content = rvc.load_content_encoder(
-            Path(settings.hubert).expanduser(), device=self.device, dtype=self.dtype
+            Path(settings.hubert).expanduser(), device=self.device, dtype=self.dtype, backend=self.backend
         )
         rmvpe = Path(settings.rmvpe).expanduser() if settings.rmvpe else None
         self._f0 = rvc.load_f0_estimator(settings.f0_method, rmvpe, device=self.device, dtype=self.dtype)
@@ -110,12 +133,63 @@ class VoiceCatalog:
             if name not in self._converters:
                 pth, index = self._files[name]
                 voice = rvc.load_voice(
-                    pth, index_path=index, index_rate=self.settings.index_rate, device=self.device, dtype=self.dtype
+                    pth,
+                    index_path=index,
+                    index_rate=self.settings.index_rate,
+                    device=self.device,
+                    dtype=self.dtype,
+                    backend=self.backend,
                 )
-                self._converters[name] = rvc.VoiceConverter(
+                converter = rvc.VoiceConverter(
                     voice, self._content, self._f0, protect=self.settings.protect, noise=self.noise
                 )
+                self._blocks[name] = self._block_settings(name, converter)
+                self._converters[name] = converter
             return self._converters[name]
+
+    def block_settings(self, name: str) -> tuple[float, float]:
+        """``(block_ms, context_ms)`` the streams of a loaded voice use."""
+        return self._blocks[name]
+
+    def _block_settings(self, name: str, converter: rvc.VoiceConverter) -> tuple[float, float]:
+        """Measure the voice on a CPU and pick its block and context (``auto_block``), else the configured ones."""
+        import rvc
+
+        s = self.settings
+        configured = (s.block_ms, s.context_ms)
+        if not s.auto_block or self.device != "cpu":
+            return configured
+        measured = {
+            (b, c): rvc.measure_block_ms(converter, b, c)
+            for b in rvc.CANDIDATE_BLOCKS_MS
+            for c in rvc.CANDIDATE_CONTEXTS_MS
+            if b >= s.crossfade_ms
+        }
+        chosen = rvc.choose_block_settings(measured, crossfade_ms=s.crossfade_ms)
+        if chosen is None:
+            b, c = min(measured, key=lambda k: measured[k] / k[0])
+            log.warning(
+                "voice %s cannot convert in real time on this CPU (best: %d ms blocks take %.0f ms, on %s); "
+                "using block %g ms, context %g ms: playback must buffer ahead",
+                name,
+                b,
+                measured[(b, c)],
+                self.backend.name,
+                *configured,
+            )
+            return configured
+        b, c = chosen
+        log.info(
+            "voice %s on %s: block %d ms, context %d ms (converts a block in %.0f ms, RTF %.2f; "
+            "the least added latency within 80%% of real time)",
+            name,
+            self.backend.name,
+            b,
+            c,
+            measured[chosen],
+            measured[chosen] / b,
+        )
+        return float(b), float(c)
 
     def __call__(self, name: str | None) -> VoiceStage:
         """A new voice stage for one stream (blocking: may load the voice's files).
@@ -136,8 +210,12 @@ class VoiceCatalog:
         try:
             converter = self._converter(name)
         except rvc.VoiceFileError as exc:
-            raise UnknownVoice(str(exc)) from exc
-        s = self.settings
+            raise UnknownVoice(f"voice {name!r} refused: {exc}") from exc
+        block_ms, context_ms = self._blocks[name]
         return rvc.StreamingConverter(
-            converter, self.input_sample_rate, block_ms=s.block_ms, context_ms=s.context_ms, crossfade_ms=s.crossfade_ms
+            converter,
+            self.input_sample_rate,
+            block_ms=block_ms,
+            context_ms=context_ms,
+            crossfade_ms=self.settings.crossfade_ms,
         )

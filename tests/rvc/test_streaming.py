@@ -147,6 +147,10 @@ class ReplayedF0:
     """
 
     name = "pm"
+    # The track is the whole file's: no context or unreliable edge to make up for, so the
+    # stream's F0 buffer (rvc.streaming.StreamingF0) takes each block's frames as they are.
+    context_frames = 0
+    edge_frames = 0
 
     def __init__(self, track: np.ndarray, first_frame: int, block_frames: int, late: int = 0) -> None:
         self.track, self.first_frame, self.block_frames, self.late = track, first_frame, block_frames, late
@@ -283,3 +287,16 @@ def test_settings_are_validated(assets):
     assert stream.output_sample_rate == 48000
     assert stream.latency_samples == 60 * 48
     assert len(stream.process(np.zeros(100, np.float32))) == 0
+
+
+def test_block_settings_pick_the_least_latency_that_keeps_up():
+    from rvc.streaming import choose_block_settings
+
+    measured = {(100, 500): 95.0, (250, 500): 150.0, (250, 2500): 240.0, (500, 500): 260.0, (500, 2500): 390.0}
+    # 100 ms blocks: 95 > 0.8·100, too slow; 250/500 keeps up (150 ≤ 200) and adds the least
+    assert choose_block_settings(measured) == (250, 500)
+    # more headroom allowed: 100 ms blocks qualify and add less latency (100 + 95 < 250 + 150)
+    assert choose_block_settings(measured, headroom=1.0) == (100, 500)
+    # equal latency: the longer context wins
+    assert choose_block_settings({(250, 500): 150.0, (250, 2500): 150.0}) == (250, 2500)
+    assert choose_block_settings({(250, 500): 300.0}) is None

@@ -51,6 +51,8 @@ def settings(files, **kw) -> RVCSettings:
         "block_ms": BLOCK_MS,
         "context_ms": CONTEXT_MS,
         "crossfade_ms": CROSSFADE_MS,
+        "auto_block": False,  # fixed blocks, so the expected lengths below hold
+        "runtime": "torch",
     }
     return RVCSettings(**{**base, **kw})
 
@@ -210,6 +212,34 @@ async def test_pitch_shift_reaches_the_converter(make_server, espeak, rvc_files)
                 if isinstance(frame, str) and json.loads(frame).get("type") == "flushed":
                     break
     assert shifts and set(shifts) == {7.0}
+
+
+def test_on_a_cpu_the_catalog_picks_blocks_that_keep_up_and_says_so(rvc_files, caplog):
+    import rvc
+
+    with caplog.at_level("INFO", logger="tts_server.voice_catalog"):
+        catalog = VoiceCatalog(settings(rvc_files, voices_dir="", auto_block=True), 22050, "cpu", noise=False)
+    block_ms, context_ms = catalog.block_settings("v2_48k")
+    # which setting keeps up depends on this machine; either way the log says what was chosen
+    if "cannot convert in real time" in caplog.text:
+        assert (block_ms, context_ms) == (BLOCK_MS, CONTEXT_MS)
+    else:
+        assert block_ms in rvc.CANDIDATE_BLOCKS_MS and context_ms in rvc.CANDIDATE_CONTEXTS_MS
+        assert f"block {block_ms:.0f} ms, context {context_ms:.0f} ms" in caplog.text
+    stage = catalog("v2_48k")
+    assert stage.block_frames * 10 == block_ms and stage.context_frames * 10 == context_ms
+
+
+def test_openvino_runtime_serves_the_same_voice(rvc_files):
+    import rvc
+
+    if not rvc.openvino_available():
+        pytest.skip("openvino is not installed")
+    catalog = VoiceCatalog(settings(rvc_files, voices_dir="", runtime="openvino", precision="float32"), 22050, "cpu")
+    assert catalog.backend.name == "openvino-float32"
+    stage = catalog("v2_48k")
+    out = np.concatenate([stage.process(np.zeros(22050, np.float32), 0.0), stage.flush()])
+    assert len(out) > 0 and np.isfinite(out).all()
 
 
 # -- the server refuses to start on bad files --------------------------------------------------

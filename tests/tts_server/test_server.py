@@ -471,7 +471,7 @@ async def test_a_cancel_stops_the_rest_of_a_multi_frame_chunk(soprano_dir):
             async def send_str(self, data: str) -> None:
                 pass
 
-        session = _Session(CancellingSocket(), stream, 10_000)
+        session = _Session(CancellingSocket(), stream, 10_000, load_voice=pipeline.preload_voice)
         stream.push("A sentence long enough to give a chunk of several frames.")
         stream.flush()
         sender = asyncio.create_task(session.send_events())
