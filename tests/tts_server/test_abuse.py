@@ -334,7 +334,7 @@ async def test_a_client_that_does_not_read_its_audio_is_closed_with_1008():
     try:
         stream = pipeline.open_stream()
         socket = Stalled()
-        session = _Session(socket, stream, 10_000, idle_timeout_s=0.4)  # a stand-in socket
+        session = _Session(socket, stream, 10_000, idle_timeout_s=0.4, load_voice=pipeline.preload_voice)
         stream.push("Audio nobody takes.")
         stream.flush()
         sender = asyncio.create_task(session.send_events())
