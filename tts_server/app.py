@@ -110,6 +110,9 @@ async def estimate_speech_s(text: str) -> float:
     return total
 
 
+#: Cheap, bounded answers that do not count against a client's streams (every other path does).
+UNMETERED_PATHS = ("/health", "/voices", "/v1/models", "/v1/audio/voices")
+
 CONFIG = web.AppKey("config", Config)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 GUARDS = web.AppKey("guards", Guards)
@@ -139,7 +142,7 @@ def create_app(
     """
     app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args=handler_args(config.server))
     app[CONFIG] = config
-    guards = Guards(config.server, open_paths=("/health",), unmetered_paths=("/health", "/voices"))
+    guards = Guards(config.server, open_paths=("/health",), unmetered_paths=UNMETERED_PATHS)
     guards.install(app)
     app[GUARDS] = guards
     app[SESSIONS] = set[_Session]()
@@ -170,6 +173,12 @@ def create_app(
     app.router.add_post("/api/speak", api_speak)
     app.router.add_get("/health", health)
     app.router.add_get("/voices", list_voices)
+    # The other seeds' protocols, one module each; they build on this module's pieces
+    # (hence imported here, once this module is complete).
+    from .protocols import openai_speech, soprano_ws
+
+    openai_speech.add_routes(app)
+    soprano_ws.add_routes(app)
     return app
 
 
@@ -209,6 +218,7 @@ class _Session:
         max_token_chars: longest token accepted.
         idle_timeout_s: see the module docstring.
         transport: the connection, dropped when a close frame cannot leave.
+        app: the application serving it (for protocols that need its settings).
     """
 
     def __init__(
@@ -219,8 +229,10 @@ class _Session:
         *,
         idle_timeout_s: float = 120.0,
         transport: asyncio.Transport | None = None,
+        app: web.Application | None = None,
     ) -> None:
         self.ws = ws
+        self.app = app
         self.stream = stream
         self.max_token_chars = max_token_chars
         self.idle_timeout_s = idle_timeout_s
@@ -260,6 +272,10 @@ class _Session:
                 await self.ws.send_json({"error": str(exc)})
         if message.flush:
             self.stream.flush()
+
+    async def handle_binary(self, data: bytes) -> None:
+        """A binary frame: this protocol takes none (subclasses may answer in their own format)."""
+        await self.ws.send_json({"error": "binary frames are not accepted: send JSON text frames"})
 
     async def _send(self, send: Callable[[Any], Any], data: Any) -> None:
         self.sending_since = time.monotonic()
@@ -326,23 +342,36 @@ class _Session:
 
 async def ws_stream(request: web.Request) -> web.WebSocketResponse:
     """``GET /ws/stream``: the seed-004 streaming protocol (see :mod:`tts_server.protocol`)."""
+    return await serve_websocket(request, _Session)
+
+
+async def serve_websocket(
+    request: web.Request, session_type: type[_Session], sample_rate: int = OUTPUT_SAMPLE_RATE
+) -> web.WebSocketResponse:
+    """Serve one WebSocket client with a ``session_type`` over a stream of ``sample_rate`` Hz.
+
+    Every WebSocket protocol shares this: the stream limit (1013 when none is free), the
+    idle and not-reading timeouts, the frame size limit, shutdown with 1001, and one
+    message handled at a time (text by ``handle_text``, binary by ``handle_binary``).
+    """
     app = request.app
     settings = app[CONFIG].server
     client = request[CLIENT]
     ws = web.WebSocketResponse(compress=False, max_msg_size=max_frame_bytes(settings.max_token_chars), heartbeat=30.0)
     await ws.prepare(request)
     try:
-        stream = app[PIPELINE].open_stream()
+        stream = app[PIPELINE].open_stream(sample_rate=sample_rate)
     except PipelineBusy as exc:
         log.info("WebSocket from %s refused: %s", client.label, exc)
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=str(exc).encode())
         return ws
-    session = _Session(
+    session = session_type(
         ws,
         stream,
         settings.max_token_chars,
         idle_timeout_s=settings.idle_timeout_s,
         transport=request.transport,
+        app=app,
     )
     app[SESSIONS].add(session)
     opened = time.monotonic()
@@ -357,7 +386,7 @@ async def ws_stream(request: web.Request) -> web.WebSocketResponse:
             if msg.type == WSMsgType.TEXT:
                 await session.handle_text(msg.data)
             elif msg.type == WSMsgType.BINARY:
-                await ws.send_json({"error": "binary frames are not accepted: send JSON text frames"})
+                await session.handle_binary(msg.data)
             elif msg.type == WSMsgType.ERROR:
                 lost = f"connection error ({ws.exception() or 'unknown'})"
                 break
@@ -560,7 +589,7 @@ async def _stream_wav(request: web.Request, stream: Stream, fmt: str, settings: 
 
 
 async def health(request: web.Request) -> web.Response:
-    """``GET /health``: engine, model, device, sample rate, active streams."""
+    """``GET /health``: engine, model, device, sample rate, active streams, every endpoint's path."""
     pipeline = request.app[PIPELINE]
     engine = pipeline.engine
     return web.json_response(
@@ -574,6 +603,7 @@ async def health(request: web.Request) -> web.Response:
             "active_streams": pipeline.active_streams,
             "max_streams": pipeline.max_streams,
             "voice": pipeline.voices.default,
+            "endpoints": sorted({route.resource.canonical for route in request.app.router.routes() if route.resource}),
         }
     )
 
