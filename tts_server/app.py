@@ -175,10 +175,11 @@ def create_app(
     app.router.add_get("/voices", list_voices)
     # The other seeds' protocols, one module each; they build on this module's pieces
     # (hence imported here, once this module is complete).
-    from .protocols import openai_speech, soprano_ws
+    from .protocols import kokoro_live, openai_speech, soprano_ws
 
     openai_speech.add_routes(app)
     soprano_ws.add_routes(app)
+    kokoro_live.add_routes(app)
     return app
 
 

@@ -122,7 +122,6 @@ async def test_models_and_voices_are_listed_and_unknown_voices_speak_in_the_defa
         ('{"input": 3}', 400, "input"),
         ('{"input": "Hi.", "response_format": "ogg"}', 400, "response_format"),
         ('{"input": "Hi.", "speed": 9}', 400, "speed"),
-        ('{"input": "Hi.", "speed": 1.5}', 400, "speed"),
         ('{"input": "Hi.", "stream_format": "sse"}', 400, "sse"),
         ('{"input": "' + "word " * 12_000 + '"}', 413, "limit"),
     ],

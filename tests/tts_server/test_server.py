@@ -417,7 +417,9 @@ async def test_health_reports_engine_and_streams(make_server, soprano_engine, so
     assert health["engine"] == "soprano" and health["device"] == "cpu"
     assert health["sample_rate"] == 48_000 and health["engine_sample_rate"] == 32_000
     assert health["model"] == str(soprano_dir) and health["active_streams"] == 1
-    for path in ("/ws/stream", "/api/speak", "/health", "/voices", "/v1/audio/speech", "/v1/models", "/ws/tts"):
+    for path in ["/ws/stream", "/api/speak", "/health", "/voices", "/v1/audio/speech", "/v1/models"]:
+        assert path in health["endpoints"]
+    for path in ["/v1/audio/voices", "/ws/tts", "/ws/tts/live"]:
         assert path in health["endpoints"]
 
 

@@ -10,7 +10,8 @@ at 24 kHz, so the pipeline's resampler is the only rate conversion.
 
 ``model`` is accepted whatever it names (clients send ``tts-1``); ``voice`` maps to the
 server's voices through :class:`~tts_server.protocols.common.VoiceNames`; ``speed``
-other than 1.0 is refused (400) until a pitch-keeping time stretch is in the pipeline;
+(0.25–4.0, else 400) is accepted and not applied yet (one log line): the pipeline has no
+pitch-keeping time stretch, and refusing it would break clients that send their setting;
 ``instructions`` is accepted and ignored; ``stream_format: "sse"`` is refused (400).
 Errors before the first audio are JSON in OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``; a failure after it ends the body.
@@ -173,7 +174,7 @@ def openai_error(status: int, message: str, param: str | None = None) -> web.Res
 async def create_speech(request: web.Request) -> web.StreamResponse:
     """``POST /v1/audio/speech``: see the module docstring.
 
-    Refused with 400 (malformed JSON or fields, ``speed`` other than 1.0, ``sse``), 413
+    Refused with 400 (malformed JSON or fields, ``speed`` out of range, ``sse``), 413
     (more than ``max_pending_chars`` characters, or an estimated ``max_speak_s`` of
     speech), 415 (not JSON), 503 (no stream free).
     """
@@ -188,7 +189,7 @@ async def create_speech(request: web.Request) -> web.StreamResponse:
     except msgspec.ValidationError as exc:
         return openai_error(400, f"invalid request: {exc}")
     if body.speed != 1.0:
-        return openai_error(400, f"speed {body.speed:g} is not supported by this server yet: use 1.0", "speed")
+        log.info("/v1/audio/speech: speed %g accepted but not applied (no time stretch yet)", body.speed)
     if body.stream_format == "sse":
         return openai_error(400, 'stream_format "sse" is not supported: use "audio"', "stream_format")
     text = body.input
