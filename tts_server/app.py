@@ -1,4 +1,5 @@
-"""Transport: the aiohttp application (``/ws/stream``, ``/api/speak``, ``/health``, ``/voices``).
+"""Transport: the aiohttp application (``/ws/stream``, ``/api/speak``, ``/health``, ``/voices``;
+the other seeds' protocols are added from :mod:`tts_server.protocols`).
 
 A thin adapter over :class:`~tts_server.scheduler.Pipeline`: it parses messages
 (:mod:`tts_server.protocol`), feeds the client's stream and writes its events back.
@@ -175,11 +176,12 @@ def create_app(
     app.router.add_get("/voices", list_voices)
     # The other seeds' protocols, one module each; they build on this module's pieces
     # (hence imported here, once this module is complete).
-    from .protocols import kokoro_live, openai_speech, soprano_ws
+    from .protocols import kokoro_live, kokorox, openai_speech, soprano_ws
 
     openai_speech.add_routes(app)
     soprano_ws.add_routes(app)
     kokoro_live.add_routes(app)
+    kokorox.add_routes(app)
     return app
 
 

@@ -137,6 +137,7 @@ class Stream:
         self.pitch_shift = 0.0
         self._start_pitch = 0.0  # pitch_shift given with the first token of the pending text
         self._segment_counter = itertools.count()
+        self._segments_cut = 0
         self._flush_counter = itertools.count(1)
         self._flush_segments: list[int] = []
         self._flush_samples = 0
@@ -166,6 +167,11 @@ class Stream:
     def pending_chars(self) -> int:
         """Characters buffered in the segmenter, not yet cut into a segment."""
         return self._segmenter.pending_chars
+
+    @property
+    def segments_cut(self) -> int:
+        """Segments cut from the text so far (each gets a :class:`SegmentDone` or a :class:`StreamError`)."""
+        return self._segments_cut
 
     @property
     def unspoken_chars(self) -> int:
@@ -314,6 +320,7 @@ class Stream:
         now = time.monotonic()
         pitches = [self._start_pitch] + [self.pitch_shift] * (len(texts) - 1)
         segments = [Segment(next(self._segment_counter), t, p, now) for t, p in zip(texts, pitches, strict=False)]
+        self._segments_cut += len(segments)
         if texts:
             self._start_pitch = self.pitch_shift
         if segments:

@@ -286,7 +286,7 @@ async def test_a_clients_share_counts_across_endpoints_and_comes_back(serve):
 
 
 #: Every WebSocket protocol's path: each is a door that must be guarded like the others.
-WS_PATHS = ["/ws/stream", "/ws/tts", "/ws/tts/live"]
+WS_PATHS = ["/ws/stream", "/ws/tts", "/ws/tts/live", "/ws/kokorox", "/"]
 
 
 @pytest.mark.parametrize("path", WS_PATHS)

@@ -419,7 +419,7 @@ async def test_health_reports_engine_and_streams(make_server, soprano_engine, so
     assert health["model"] == str(soprano_dir) and health["active_streams"] == 1
     for path in ["/ws/stream", "/api/speak", "/health", "/voices", "/v1/audio/speech", "/v1/models"]:
         assert path in health["endpoints"]
-    for path in ["/v1/audio/voices", "/ws/tts", "/ws/tts/live"]:
+    for path in ["/v1/audio/voices", "/ws/tts", "/ws/tts/live", "/ws/kokorox", "/"]:
         assert path in health["endpoints"]
 
 

@@ -7,4 +7,5 @@ One module per protocol, each with ``add_routes(app)`` (called by
 - :mod:`.openai_speech`: ``POST /v1/audio/speech``, ``GET /v1/models``, ``GET /v1/audio/voices``.
 - :mod:`.soprano_ws`: seed 002, ``/ws/tts``.
 - :mod:`.kokoro_live`: seed 001, ``/ws/tts/live``.
+- :mod:`.kokorox`: seed 000, ``/ws/kokorox`` and a WebSocket upgrade of ``/``.
 """
