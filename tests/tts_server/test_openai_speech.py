@@ -65,6 +65,7 @@ async def test_pcm_and_wav_are_the_pipelines_audio_at_24khz_streamed(make_server
     assert np.abs(samples - reference.astype(np.float64) * 32767).max() <= bound  # a synthesis of its own
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize(
     ("fmt", "codec", "rate"),
     # Opus decodes at 48 kHz whatever the input rate (RFC 7845, section 5.1); its header keeps 24 kHz.
