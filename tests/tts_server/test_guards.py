@@ -312,3 +312,19 @@ async def test_every_websocket_protocol_wants_a_key_an_allowed_origin_and_a_free
         )
         assert status == 429
         await held.close()
+
+
+@pytest.mark.parametrize("path", WS_PATHS)
+async def test_max_streams_caps_every_protocol_together(serve, path):
+    base, app = await serve({"max_streams": 1})
+    ws_base = base.replace("http://", "ws://")
+    async with aiohttp.ClientSession() as http:
+        held = await http.ws_connect(ws_base + ("/ws/tts" if path == "/ws/stream" else "/ws/stream"))
+        await asyncio.sleep(0.05)
+        assert app[PIPELINE].active_streams == 1
+        refused = await http.ws_connect(ws_base + path)
+        msg = await refused.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1013  # try again later
+        status, _, data = await request(http, "POST", base + "/v1/audio/speech", json={"input": "Hi."})
+        assert status == 503 and "busy" in data["error"]["message"]
+        await held.close()
