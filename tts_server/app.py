@@ -1,4 +1,5 @@
-"""Transport: the aiohttp application (``/ws/stream``, ``/api/speak``, ``/health``, ``/voices``).
+"""Transport: the aiohttp application (``/ws/stream``, ``/api/speak``, ``/health``, ``/voices``;
+the other seeds' protocols are added from :mod:`tts_server.protocols`).
 
 A thin adapter over :class:`~tts_server.scheduler.Pipeline`: it parses messages
 (:mod:`tts_server.protocol`), feeds the client's stream and writes its events back.
@@ -110,6 +111,9 @@ async def estimate_speech_s(text: str) -> float:
     return total
 
 
+#: Cheap, bounded answers that do not count against a client's streams (every other path does).
+UNMETERED_PATHS = ("/health", "/voices", "/v1/models", "/v1/audio/voices")
+
 CONFIG = web.AppKey("config", Config)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 GUARDS = web.AppKey("guards", Guards)
@@ -139,7 +143,7 @@ def create_app(
     """
     app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args=handler_args(config.server))
     app[CONFIG] = config
-    guards = Guards(config.server, open_paths=("/health",), unmetered_paths=("/health", "/voices"))
+    guards = Guards(config.server, open_paths=("/health",), unmetered_paths=UNMETERED_PATHS)
     guards.install(app)
     app[GUARDS] = guards
     app[SESSIONS] = set[_Session]()
@@ -170,6 +174,14 @@ def create_app(
     app.router.add_post("/api/speak", api_speak)
     app.router.add_get("/health", health)
     app.router.add_get("/voices", list_voices)
+    # The other seeds' protocols, one module each; they build on this module's pieces
+    # (hence imported here, once this module is complete).
+    from .protocols import kokoro_live, kokorox, openai_speech, soprano_ws
+
+    openai_speech.add_routes(app)
+    soprano_ws.add_routes(app)
+    kokoro_live.add_routes(app)
+    kokorox.add_routes(app)
     return app
 
 
@@ -211,6 +223,7 @@ class _Session:
         transport: the connection, dropped when a close frame cannot leave.
         load_voice: checks a voice name and loads its files (blocking; run in a worker thread
             before the stream switches to it, so the inference thread never waits for a load).
+        app: the application serving it (for protocols that need its settings).
     """
 
     def __init__(
@@ -222,8 +235,10 @@ class _Session:
         idle_timeout_s: float = 120.0,
         transport: asyncio.Transport | None = None,
         load_voice: Callable[[str | None], None],
+        app: web.Application | None = None,
     ) -> None:
         self.ws = ws
+        self.app = app
         self.stream = stream
         self.load_voice = load_voice
         self.max_token_chars = max_token_chars
@@ -235,6 +250,18 @@ class _Session:
         self.shutting_down = False
         self.close_reason: str | None = None
         self._drained = asyncio.Event()  # the sender waits for an event with nothing queued
+
+    async def switch_voice(self, name: str | None) -> None:
+        """Speak the following segments in voice ``name``, loaded first in a worker thread.
+
+        Loading a voice's files (and, with ``auto_block``, measuring it) takes seconds: done
+        here, off the event loop and off the inference thread, so no stream waits for it.
+
+        Raises:
+            UnknownVoice: no such voice, or its files are unusable.
+        """
+        await asyncio.to_thread(self.load_voice, name)
+        self.stream.set_voice(name)
 
     async def handle_text(self, data: str) -> None:
         try:
@@ -250,10 +277,7 @@ class _Session:
                 await self.ws.send_str(event_json(Cancelled()))
         if message.voice is not msgspec.UNSET:
             try:
-                # Loading a voice's files (and, with auto_block, measuring it) takes seconds:
-                # done here, off the loop and off the inference thread, so no stream waits for it.
-                await asyncio.to_thread(self.load_voice, message.voice)
-                self.stream.set_voice(message.voice)
+                await self.switch_voice(message.voice)
             except UnknownVoice as exc:
                 await self.ws.send_json({"error": str(exc)})
         if message.token is not None or message.pitch_shift is not None:
@@ -267,6 +291,10 @@ class _Session:
                 await self.ws.send_json({"error": str(exc)})
         if message.flush:
             self.stream.flush()
+
+    async def handle_binary(self, data: bytes) -> None:
+        """A binary frame: this protocol takes none (subclasses may answer in their own format)."""
+        await self.ws.send_json({"error": "binary frames are not accepted: send JSON text frames"})
 
     async def _send(self, send: Callable[[Any], Any], data: Any) -> None:
         self.sending_since = time.monotonic()
@@ -333,24 +361,37 @@ class _Session:
 
 async def ws_stream(request: web.Request) -> web.WebSocketResponse:
     """``GET /ws/stream``: the seed-004 streaming protocol (see :mod:`tts_server.protocol`)."""
+    return await serve_websocket(request, _Session)
+
+
+async def serve_websocket(
+    request: web.Request, session_type: type[_Session], sample_rate: int = OUTPUT_SAMPLE_RATE
+) -> web.WebSocketResponse:
+    """Serve one WebSocket client with a ``session_type`` over a stream of ``sample_rate`` Hz.
+
+    Every WebSocket protocol shares this: the stream limit (1013 when none is free), the
+    idle and not-reading timeouts, the frame size limit, shutdown with 1001, and one
+    message handled at a time (text by ``handle_text``, binary by ``handle_binary``).
+    """
     app = request.app
     settings = app[CONFIG].server
     client = request[CLIENT]
     ws = web.WebSocketResponse(compress=False, max_msg_size=max_frame_bytes(settings.max_token_chars), heartbeat=30.0)
     await ws.prepare(request)
     try:
-        stream = app[PIPELINE].open_stream()
+        stream = app[PIPELINE].open_stream(sample_rate=sample_rate)
     except PipelineBusy as exc:
         log.info("WebSocket from %s refused: %s", client.label, exc)
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=str(exc).encode())
         return ws
-    session = _Session(
+    session = session_type(
         ws,
         stream,
         settings.max_token_chars,
         idle_timeout_s=settings.idle_timeout_s,
         transport=request.transport,
         load_voice=app[PIPELINE].preload_voice,
+        app=app,
     )
     app[SESSIONS].add(session)
     opened = time.monotonic()
@@ -365,7 +406,7 @@ async def ws_stream(request: web.Request) -> web.WebSocketResponse:
             if msg.type == WSMsgType.TEXT:
                 await session.handle_text(msg.data)
             elif msg.type == WSMsgType.BINARY:
-                await ws.send_json({"error": "binary frames are not accepted: send JSON text frames"})
+                await session.handle_binary(msg.data)
             elif msg.type == WSMsgType.ERROR:
                 lost = f"connection error ({ws.exception() or 'unknown'})"
                 break
@@ -569,7 +610,7 @@ async def _stream_wav(request: web.Request, stream: Stream, fmt: str, settings: 
 
 
 async def health(request: web.Request) -> web.Response:
-    """``GET /health``: engine, model, device, sample rate, active streams."""
+    """``GET /health``: engine, model, device, sample rate, active streams, every endpoint's path."""
     pipeline = request.app[PIPELINE]
     engine = pipeline.engine
     return web.json_response(
@@ -583,6 +624,7 @@ async def health(request: web.Request) -> web.Response:
             "active_streams": pipeline.active_streams,
             "max_streams": pipeline.max_streams,
             "voice": pipeline.voices.default,
+            "endpoints": sorted({route.resource.canonical for route in request.app.router.routes() if route.resource}),
         }
     )
 

@@ -146,6 +146,18 @@ class RVCSettings(_Section):
     precision: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
 
 
+class VoicesSettings(_Section):
+    """``[voices]``: how voice names that other servers' clients send map to this server's voices.
+
+    Attributes:
+        aliases: client voice name → a voice of this server (``""``: the default voice).
+            A name that is neither a voice nor an alias (``af_heart``, ``alloy``) is spoken
+            in the default voice, with one log line per name.
+    """
+
+    aliases: dict[str, str] = msgspec.field(default_factory=dict)
+
+
 class Config(_Section):
     """The whole server configuration (see ``config.toml`` for every setting's meaning)."""
 
@@ -155,6 +167,7 @@ class Config(_Section):
     espeak: EspeakSettings = msgspec.field(default_factory=EspeakSettings)
     segmenter: SegmenterSettings = msgspec.field(default_factory=SegmenterSettings)
     rvc: RVCSettings = msgspec.field(default_factory=RVCSettings)
+    voices: VoicesSettings = msgspec.field(default_factory=VoicesSettings)
 
 
 class ConfigError(ValueError):

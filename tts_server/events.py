@@ -41,7 +41,7 @@ class Audio:
         pcm: ``(N,)`` float32 mono at ``sample_rate``.
         segment: index of the segment it belongs to (``-1``: unknown, e.g. received
             from a remote server).
-        sample_rate: in Hz (:data:`OUTPUT_SAMPLE_RATE` for everything a pipeline emits).
+        sample_rate: in Hz (the emitting stream's, :data:`OUTPUT_SAMPLE_RATE` unless opened with another).
     """
 
     pcm: np.ndarray
@@ -60,7 +60,7 @@ class SegmentDone:
 
     Attributes:
         index, text: the segment.
-        audio_samples: its length in samples at :data:`OUTPUT_SAMPLE_RATE`.
+        audio_samples: its length in samples at the stream's sample rate.
         ttfa_ms: time to first audio, from the segment being cut to its first chunk.
         synth_ms: inference time spent on it.
     """
@@ -79,7 +79,7 @@ class Flushed:
     Attributes:
         flush_id: 1 for a stream's first flush, then 2, 3, ...
         segments: indices of the segments completed since the previous flush.
-        audio_samples: their length in samples at :data:`OUTPUT_SAMPLE_RATE`.
+        audio_samples: their length in samples at the stream's sample rate.
     """
 
     flush_id: int

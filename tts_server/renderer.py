@@ -44,6 +44,11 @@ class Renderer(Protocol):
     """What a :class:`~tts_server.stream.Stream` needs from its renderer (inference thread only)."""
 
     @property
+    def out_rate(self) -> int:
+        """Sample rate in Hz of the audio it returns (the last stage resamples to it)."""
+        ...
+
+    @property
     def busy(self) -> bool:
         """A segment is in flight (begun and not yet ended)."""
         ...

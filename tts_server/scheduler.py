@@ -228,7 +228,12 @@ class Pipeline:
         """Number of open (not closed) streams."""
         return sum(not stream.closed for stream in list(self._streams.values()))
 
-    def open_stream(self, loop: asyncio.AbstractEventLoop | None = None, voice: str | None = None) -> Stream:
+    def open_stream(
+        self,
+        loop: asyncio.AbstractEventLoop | None = None,
+        voice: str | None = None,
+        sample_rate: int = OUTPUT_SAMPLE_RATE,
+    ) -> Stream:
         """Open a stream whose events are delivered on ``loop`` (the running loop by default).
 
         Blocking when the default voice's stage must load files: call it off the event
@@ -237,6 +242,8 @@ class Pipeline:
         Args:
             loop: event loop of the stream's consumer.
             voice: voice name (``None``: the default voice).
+            sample_rate: Hz of the stream's audio; the stream's resampler (stage 4) converts
+                to it directly, so a protocol that speaks 24 kHz gets one conversion, not two.
 
         Raises:
             PipelineBusy: ``max_streams`` streams are open.
@@ -246,7 +253,7 @@ class Pipeline:
         if active >= self.max_streams:
             raise PipelineBusy(f"server busy: {active} of {self.max_streams} streams in use")
         self.check_voice(voice)
-        renderer = SegmentRenderer(self.engine, self.voices(None), batched=self.batched)
+        renderer = SegmentRenderer(self.engine, self.voices(None), sample_rate, batched=self.batched)
         stream = Stream(self, next(self._ids), loop or asyncio.get_running_loop(), renderer)
         if voice is not None:
             stream.set_voice(voice)

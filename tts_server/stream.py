@@ -128,17 +128,26 @@ class Stream:
         host: the scheduler that opened it.
         stream_id: unique per pipeline.
         loop: the event loop its consumer runs on.
-        renderer: engine → voice stage → resampler for this stream.
+        renderer: engine → voice stage → resampler for this stream; its ``out_rate`` is the
+            stream's :attr:`sample_rate` (the one resampling of the stream's audio).
+
+    Attributes:
+        sample_rate: Hz of every :class:`~tts_server.events.Audio` it emits (48 kHz unless the
+            client's protocol asked for another when the stream was opened).
     """
 
     def __init__(self, host: StreamHost, stream_id: int, loop: asyncio.AbstractEventLoop, renderer: Renderer) -> None:
         self.id = stream_id
+        self.sample_rate: int = renderer.out_rate
+        # The host's bound is in samples at 48 kHz: the same seconds of audio at this rate.
+        self._max_queued_samples = host.max_queued_samples * self.sample_rate // OUTPUT_SAMPLE_RATE
         self._host = host
         self._loop = loop
         self._segmenter = host.new_segmenter()
         self.pitch_shift = 0.0
         self._start_pitch = 0.0  # pitch_shift given with the first token of the pending text
         self._segment_counter = itertools.count()
+        self._segments_cut = 0
         self._flush_counter = itertools.count(1)
         self._flush_segments: list[int] = []
         self._flush_samples = 0
@@ -168,6 +177,11 @@ class Stream:
     def pending_chars(self) -> int:
         """Characters buffered in the segmenter, not yet cut into a segment."""
         return self._segmenter.pending_chars
+
+    @property
+    def segments_cut(self) -> int:
+        """Segments cut from the text so far (each gets a :class:`SegmentDone` or a :class:`StreamError`)."""
+        return self._segments_cut
 
     @property
     def unspoken_chars(self) -> int:
@@ -316,6 +330,7 @@ class Stream:
         now = time.monotonic()
         pitches = [self._start_pitch] + [self.pitch_shift] * (len(texts) - 1)
         segments = [Segment(next(self._segment_counter), t, p, now) for t, p in zip(texts, pitches, strict=False)]
+        self._segments_cut += len(segments)
         if texts:
             self._start_pitch = self.pitch_shift
         if segments:
@@ -355,7 +370,7 @@ class Stream:
         with self._lock:
             if self._stage_epoch != self._epoch:
                 return float("-inf")  # a cancel to apply: cheap, do it now
-            if self._queued_samples >= self._host.max_queued_samples:
+            if self._queued_samples >= self._max_queued_samples:
                 return None
             segment = self.renderer.segment
             if segment is not None:
@@ -391,8 +406,8 @@ class Stream:
     def _post_audio(self, epoch: int, pcm: np.ndarray, segment: int) -> None:
         if pcm.size == 0:
             return
-        self._play_until = max(self._play_until, time.monotonic()) + pcm.size / OUTPUT_SAMPLE_RATE
-        self._post(epoch, Audio(pcm, segment))
+        self._play_until = max(self._play_until, time.monotonic()) + pcm.size / self.sample_rate
+        self._post(epoch, Audio(pcm, segment, self.sample_rate))
 
     @property
     def lead_s(self) -> float:

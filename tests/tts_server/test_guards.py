@@ -65,7 +65,14 @@ async def request(http, method: str, url: str, **kwargs) -> tuple[int, dict, dic
         return r.status, dict(r.headers), data
 
 
-ENDPOINTS = [("GET", "/voices", None), ("POST", "/api/speak", {"text": "Hi."}), ("GET", "/later", None)]
+ENDPOINTS = [
+    ("GET", "/voices", None),
+    ("POST", "/api/speak", {"text": "Hi."}),
+    ("GET", "/later", None),
+    ("POST", "/v1/audio/speech", {"input": "Hi.", "response_format": "wav"}),
+    ("GET", "/v1/models", None),
+    ("GET", "/v1/audio/voices", None),
+]
 
 
 # -- API keys ------------------------------------------------------------------------------------
@@ -269,6 +276,55 @@ async def test_a_clients_share_counts_across_endpoints_and_comes_back(serve):
         status, headers, data = await request(http, "POST", base + "/api/speak", json={"text": "Hi."})
         assert status == 429 and "1 of 1" in data["error"] and headers["Retry-After"] == "1"
         assert (await request(http, "GET", base + "/voices"))[0] == 200  # cheap answers are not counted
+        speech = {"input": "Hi.", "response_format": "pcm"}
+        assert (await request(http, "POST", base + "/v1/audio/speech", json=speech))[0] == 429  # every door
+        for cheap in ("/v1/models", "/v1/audio/voices"):
+            assert (await request(http, "GET", base + cheap))[0] == 200
         await conn.close()
         await asyncio.sleep(0.05)
         assert (await request(http, "POST", base + "/api/speak", json={"text": "Hi."}))[0] == 200
+
+
+#: Every WebSocket protocol's path: each is a door that must be guarded like the others.
+WS_PATHS = ["/ws/stream", "/ws/tts", "/ws/tts/live", "/ws/kokorox", "/"]
+
+
+@pytest.mark.parametrize("path", WS_PATHS)
+async def test_every_websocket_protocol_wants_a_key_an_allowed_origin_and_a_free_share(serve, path):
+    base, app = await serve({"api_keys": [KEY], "max_streams_per_client": 1})
+    url = base.replace("http://", "ws://") + path
+    async with aiohttp.ClientSession() as http:
+        for headers, status in [
+            ({}, 401),
+            ({"X-API-Key": "wrong"}, 401),
+            ({"X-API-Key": KEY, "Origin": "https://evil.example"}, 403),
+        ]:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(url, headers=headers)
+            assert refused.value.status == status
+        assert app[PIPELINE].active_streams == 0  # none of them opened a stream
+        held = await http.ws_connect(url, headers={"X-API-Key": KEY})
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(url, headers={"X-API-Key": KEY})
+        assert refused.value.status == 429  # the share is counted across protocols
+        status, _, _ = await request(
+            http, "POST", base + "/v1/audio/speech", json={"input": "Hi."}, headers={"X-API-Key": KEY}
+        )
+        assert status == 429
+        await held.close()
+
+
+@pytest.mark.parametrize("path", WS_PATHS)
+async def test_max_streams_caps_every_protocol_together(serve, path):
+    base, app = await serve({"max_streams": 1})
+    ws_base = base.replace("http://", "ws://")
+    async with aiohttp.ClientSession() as http:
+        held = await http.ws_connect(ws_base + ("/ws/tts" if path == "/ws/stream" else "/ws/stream"))
+        await asyncio.sleep(0.05)
+        assert app[PIPELINE].active_streams == 1
+        refused = await http.ws_connect(ws_base + path)
+        msg = await refused.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1013  # try again later
+        status, _, data = await request(http, "POST", base + "/v1/audio/speech", json={"input": "Hi."})
+        assert status == 503 and "busy" in data["error"]["message"]
+        await held.close()

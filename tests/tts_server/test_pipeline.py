@@ -8,8 +8,9 @@ import time
 
 import numpy as np
 import pytest
+import soxr
 
-from tests.conftest import EXACT
+from tests.conftest import EXACT, FLOAT32
 from tts_server import Audio, Flushed, PendingTextFull, Pipeline, PipelineBusy, SegmentDone, StreamError
 from tts_server.engines.espeak import EspeakEngine
 
@@ -113,6 +114,34 @@ async def test_full_output_queue_pauses_synthesis_for_that_stream_only(pipeline_
     total = sum(e.pcm.size for e in rest if isinstance(e, Audio))
     done = next(e for e in rest if isinstance(e, SegmentDone))
     assert total == done.audio_samples == 79 * 2048 * 3 // 2
+
+
+@pytest.mark.numerical
+async def test_a_stream_at_another_rate_queues_the_same_seconds_and_is_resampled_once(pipeline_for, make_soprano_dir):
+    """Protocols open streams at their own rate (24 kHz for Kokoro's and OpenAI's clients): the queue
+    bound is in seconds, and the audio is the engine's converted once to that rate."""
+    from tts_server.engines.soprano import SopranoEngine
+
+    engine = SopranoEngine(make_soprano_dir(80), device="cpu", **FLOAT32)
+    pipeline = pipeline_for(engine, queue_s=0.5)
+    slow = pipeline.open_stream(sample_rate=24_000)
+    assert slow.sample_rate == 24_000
+    slow.push("Nobody reads this stream for a while.")
+    slow.flush()
+    await asyncio.sleep(1.0)
+    queued = slow._queued_samples / 24_000
+    assert 0.5 <= queued < 0.5 + 0.3  # as at 48 kHz (the test above): seconds, not samples
+    rest = await collect(slow)
+    audio = [e for e in rest if isinstance(e, Audio)]
+    assert {e.sample_rate for e in audio} == {24_000}
+    pcm = np.concatenate([e.pcm for e in audio])
+    done = next(e for e in rest if isinstance(e, SegmentDone))
+    assert pcm.size == done.audio_samples == 79 * 2048 * 3 // 4
+    # One conversion, 32 → 24 kHz (32 → 48 → 24 kHz differs by ~1e-2 of the peak); equal up to float32
+    # reordering between two syntheses (EXACT of the peak, tests/conftest.py).
+    native = np.concatenate(list(engine.synthesize("Nobody reads this stream for a while.")))
+    reference = soxr.resample(native, engine.sample_rate, 24_000, quality="HQ")
+    np.testing.assert_allclose(pcm, reference, rtol=0, atol=EXACT * np.abs(reference).max())
 
 
 async def test_cancel_stops_the_running_segment_within_a_chunk(pipeline_for, make_soprano_dir):

@@ -417,6 +417,10 @@ async def test_health_reports_engine_and_streams(make_server, soprano_engine, so
     assert health["engine"] == "soprano" and health["device"] == "cpu"
     assert health["sample_rate"] == 48_000 and health["engine_sample_rate"] == 32_000
     assert health["model"] == str(soprano_dir) and health["active_streams"] == 1
+    for path in ["/ws/stream", "/api/speak", "/health", "/voices", "/v1/audio/speech", "/v1/models"]:
+        assert path in health["endpoints"]
+    for path in ["/v1/audio/voices", "/ws/tts", "/ws/tts/live", "/ws/kokorox", "/"]:
+        assert path in health["endpoints"]
 
 
 async def test_pitch_shift_is_carried_to_the_voice_stage(make_server, soprano_engine):
