@@ -1,4 +1,4 @@
-"""Transport: the aiohttp application (``/ws/stream``, ``/api/speak``, ``/health``, ``/voices``).
+"""Transport: the aiohttp application (``/ws/stream``, ``/api/speak``, ``/health``, ``/voices``, ``/metrics``).
 
 A thin adapter over :class:`~tts_server.scheduler.Pipeline`: it parses messages
 (:mod:`tts_server.protocol`), feeds the client's stream and writes its events back.
@@ -43,6 +43,7 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .config import Config, ServerSettings
 from .engines import TTSEngine
@@ -139,7 +140,8 @@ def create_app(
     """
     app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args=handler_args(config.server))
     app[CONFIG] = config
-    guards = Guards(config.server, open_paths=("/health",), unmetered_paths=("/health", "/voices"))
+    open_paths = ("/health", "/metrics") if config.server.metrics_public else ("/health",)
+    guards = Guards(config.server, open_paths=open_paths, unmetered_paths=("/health", "/voices", "/metrics"))
     guards.install(app)
     app[GUARDS] = guards
     app[SESSIONS] = set[_Session]()
@@ -170,6 +172,7 @@ def create_app(
     app.router.add_post("/api/speak", api_speak)
     app.router.add_get("/health", health)
     app.router.add_get("/voices", list_voices)
+    app.router.add_get("/metrics", metrics)
     return app
 
 
@@ -236,6 +239,7 @@ class _Session:
         try:
             message = parse_message(data, self.max_token_chars)
         except ProtocolError as exc:
+            self.stream.count_error("protocol")
             await self.ws.send_json({"error": str(exc)})
             return
         if message.events is not None:
@@ -257,6 +261,7 @@ class _Session:
                 else:
                     self.stream.push(token, message.pitch_shift)
             except PendingTextFull as exc:
+                self.stream.count_error("pending_text_full")
                 await self.ws.send_json({"error": str(exc)})
         if message.flush:
             self.stream.flush()
@@ -582,3 +587,12 @@ async def list_voices(request: web.Request) -> web.Response:
     """``GET /voices``: the RVC voices a stream may choose (``{"voice": name}``), and the default."""
     voices = request.app[PIPELINE].voices
     return web.json_response({"default": voices.default, "voices": voices.describe()})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: the pipeline's Prometheus metrics (text format; see :mod:`tts_server.metrics`).
+
+    Behind the API key like every route, unless ``[server] metrics_public``.
+    """
+    registry = request.app[PIPELINE].metrics.registry
+    return web.Response(body=generate_latest(registry), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})

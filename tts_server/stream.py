@@ -43,9 +43,10 @@ import numpy as np
 
 from .engines.base import EngineSequence
 from .events import OUTPUT_SAMPLE_RATE, Audio, Event, Flushed, PendingTextFull, Segment, SegmentDone, StreamError
+from .metrics import Metrics, StreamMetrics
 from .renderer import Renderer
 from .segmenter import Segmenter
-from .voice_stage import VoiceStage
+from .voice_stage import Passthrough, VoiceStage
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,25 @@ class Stream:
         stream_id: unique per pipeline.
         loop: the event loop its consumer runs on.
         renderer: engine → voice stage → resampler for this stream.
+        metrics: the pipeline's instruments (``None``: nothing is counted).
+        converts: the renderer's first voice stage converts (an RVC voice, not a passthrough).
     """
 
-    def __init__(self, host: StreamHost, stream_id: int, loop: asyncio.AbstractEventLoop, renderer: Renderer) -> None:
+    def __init__(
+        self,
+        host: StreamHost,
+        stream_id: int,
+        loop: asyncio.AbstractEventLoop,
+        renderer: Renderer,
+        *,
+        metrics: Metrics | None = None,
+        converts: bool = False,
+    ) -> None:
         self.id = stream_id
+        self._metrics = metrics
+        self._stream_metrics = StreamMetrics(metrics) if metrics is not None else None
+        #: Inference thread: the current voice stage converts (RVC), i.e. is not a passthrough.
+        self._converts = converts
         self._host = host
         self._loop = loop
         self._segmenter = host.new_segmenter()
@@ -261,6 +277,8 @@ class Stream:
             return
         self.cancel()
         self._closed = True
+        if self._metrics is not None:
+            self._metrics.streams_closed.inc()
         self._host.wake()
 
     @property
@@ -271,6 +289,11 @@ class Stream:
         with self._lock:
             queued = bool(self._work)
         return queued or self.renderer.busy or not self._out.empty()
+
+    @property
+    def queued_audio_s(self) -> float:
+        """Seconds of synthesized audio queued for the client, not yet taken with :meth:`get`."""
+        return self._queued_samples / OUTPUT_SAMPLE_RATE
 
     @property
     def pending_events(self) -> int:
@@ -326,6 +349,8 @@ class Stream:
             event = Flushed(event.flush_id, tuple(self._flush_segments), self._flush_samples)
             self._flush_segments = []
             self._flush_samples = 0
+        if self._stream_metrics is not None:
+            self._stream_metrics.observe_event(event)
         self._out.put_nowait(event)
 
     # -- inference-thread side -----------------------------------------------------------
@@ -500,6 +525,7 @@ class Stream:
         segment = renderer.drop(target) if target is not None else None
         index = segment.index if segment is not None else -1
         log.error("stream %d: synthesis of segment %d failed: %s", self.id, index, exc, exc_info=exc)
+        self.count_error("synthesis")
         self._post(epoch, StreamError(f"synthesis failed for segment {index}: {exc}", index))
         for i, item in enumerate(self._flight):
             if item is segment:
@@ -519,6 +545,8 @@ class Stream:
         if not more:  # out of text for now: push out what the stages still hold
             self._post_audio(epoch, renderer.drain(), self._current_index)
         self._post(epoch, renderer.end())
+        if self._converts and self._metrics is not None:
+            self._metrics.rvc_conversions.inc()
         if self._flight:
             self._flight.popleft()  # the segment that ended (marks before it were posted already)
         self._post_marks(epoch)
@@ -581,6 +609,7 @@ class Stream:
         except Exception as exc:  # one bad segment must not kill the stream or the thread
             index = self._current_index
             log.exception("stream %d: synthesis of segment %d failed", self.id, index)
+            self.count_error("synthesis")
             renderer.abandon()
             self._post(epoch, StreamError(f"synthesis failed for segment {index}: {exc}", index))
             return
@@ -605,6 +634,13 @@ class Stream:
             stage = self._host.voice_stage(voice)
         except Exception as exc:  # a bad voice file must not end the stream
             log.warning("stream %d: voice %r refused: %s", self.id, voice, exc)
+            self.count_error("voice")
             self._post(epoch, StreamError(f"voice {voice!r} refused: {exc}"))
             return
+        self._converts = not isinstance(stage, Passthrough)
         self._post_audio(epoch, self.renderer.set_voice(stage), -1)
+
+    def count_error(self, kind: str) -> None:
+        """Count an error of ``kind`` (see :data:`~tts_server.metrics.ERROR_KINDS`) told to this stream's client."""
+        if self._metrics is not None:
+            self._metrics.error(kind)

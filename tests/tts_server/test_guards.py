@@ -65,7 +65,12 @@ async def request(http, method: str, url: str, **kwargs) -> tuple[int, dict, dic
         return r.status, dict(r.headers), data
 
 
-ENDPOINTS = [("GET", "/voices", None), ("POST", "/api/speak", {"text": "Hi."}), ("GET", "/later", None)]
+ENDPOINTS = [
+    ("GET", "/voices", None),
+    ("POST", "/api/speak", {"text": "Hi."}),
+    ("GET", "/metrics", None),
+    ("GET", "/later", None),
+]
 
 
 # -- API keys ------------------------------------------------------------------------------------
