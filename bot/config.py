@@ -38,6 +38,7 @@ class BotSettings(_Section):
     buffer_s: Annotated[float, msgspec.Meta(ge=1, le=600)] = 60.0
     connect_timeout_s: PosFloat = 15.0
     sync_commands: bool = True
+    settings_db: str = "voice-bot.sqlite3"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
