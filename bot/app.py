@@ -21,7 +21,7 @@ import discord
 from aiohttp import web
 from discord.ext import commands
 
-from tts_server import API_KEY_ENV, Pipeline, build_pipeline, create_app
+from tts_server import API_KEY_ENV, Pipeline, Segmenter, build_pipeline, create_app
 
 from .cog import VoiceCog
 from .config import BotConfig, Settings
@@ -104,7 +104,14 @@ async def build_tts(settings: Settings) -> TTSBackend:
     """
     tts = settings.bot.tts
     if tts.mode == "remote":
-        return RemoteTTS(tts.url, tts.connect_timeout_s, tts.reconnect_max_s, os.environ.get(API_KEY_ENV) or None)
+        cuts = settings.pipeline.segmenter
+        return RemoteTTS(
+            tts.server_urls,
+            tts.connect_timeout_s,
+            tts.reconnect_max_s,
+            os.environ.get(API_KEY_ENV) or None,
+            make_segmenter=lambda: Segmenter(cuts.max_chars, cuts.min_clause_chars, cuts.newline_breaks),
+        )
     pipeline = await asyncio.to_thread(build_pipeline, settings.pipeline)
     return EmbeddedTTS(pipeline)
 
