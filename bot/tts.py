@@ -21,7 +21,9 @@ settings as the servers') and counts the segments the server completed; when the
 is lost mid-reply, the segments not yet completed (the one being spoken starts again from
 its beginning) and the unfinished text go to the next live server, with the reply's
 flush, and the reply goes on: the listener hears at most that one sentence's gap. Each
-failover is logged (WARNING).
+failover is logged (WARNING). With one URL (a single server, or HAProxy in front of
+replicas) the reply goes on the same way over a new connection to that URL, if one opens
+within ``connect_timeout_s``; otherwise it fails with a message saying the connection was lost.
 
 Voices are plain names handed to the pipeline (``open_stream(voice=...)``, or
 ``{"voice": name}`` on the socket).
@@ -70,6 +72,8 @@ REMOTE_EVENT_QUEUE = 256
 RECONNECT_INITIAL_S = 0.5
 #: A connection that lasted this long resets the backoff.
 STABLE_CONNECTION_S = 10.0
+#: A reply moves to another server at most this many times (then it fails with the last error).
+MAX_FAILOVERS = 5
 
 
 class TTSStream(Protocol):
@@ -231,6 +235,8 @@ class RemoteConnection:
         self._session = session
         self._client: StreamClient | None = None
         self._connected = asyncio.Event()
+        self._disconnected = asyncio.Event()
+        self._disconnected.set()
         self._events: asyncio.Queue[tuple[int, Event] | _Lost] = asyncio.Queue(maxsize=REMOTE_EVENT_QUEUE)
         self._epoch = 0  # incremented by cancel(): queued events of older epochs are stale
         self._unacked_cancels = 0  # events received before the server's "cancelled" are stale
@@ -258,6 +264,11 @@ class RemoteConnection:
                 f"reconnecting in the background (next attempt in {retry:.0f} s)"
             ) from None
         return self.generation
+
+    async def wait_lost(self, generation: int) -> None:
+        """Return once connection ``generation`` is gone (at once if it is already)."""
+        if generation == self.generation and self.connected:
+            await self._disconnected.wait()
 
     def client(self, generation: int) -> StreamClient:
         """The client of connection ``generation``.
@@ -346,6 +357,7 @@ class RemoteConnection:
             self.voice = None
             self._unacked_cancels = 0
             self.generation += 1
+            self._disconnected.clear()
             self._connected.set()
             log.info("%s: connected to the TTS server at %s", self.name, self.url)
             opened = time.monotonic()
@@ -353,6 +365,7 @@ class RemoteConnection:
                 reason = await self._read(client)
             finally:
                 self._connected.clear()
+                self._disconnected.set()
                 self._client = None
                 await client.close()
             self.last_error = reason
@@ -516,11 +529,14 @@ class FailoverStream:
         """Move the reply to another live server and send it what was not spoken yet.
 
         Raises:
-            TTSUnavailable: ``exc``, when no other server is live.
+            TTSUnavailable: ``exc``, when no other server is live, or after
+                :data:`MAX_FAILOVERS` failovers in this reply.
         """
+        if self.failovers >= MAX_FAILOVERS:
+            raise exc
         lost = self.url
         unspoken = self._segments[self._done :]
-        stream = await self.backend.fail_over(self.key, self.voice, lost, exc)
+        stream = await self.backend.fail_over(self.key, self.voice, self.stream, exc)
         log.warning(
             "guild %s: TTS server %s lost mid-reply (%s); %d sentences and %d characters of unfinished text go to %s",
             self.key,
@@ -675,16 +691,29 @@ class RemoteTTS:
         await conn.set_voice(generation, voice)
         return RemoteStream(conn, generation)
 
-    async def fail_over(self, key: Hashable, voice: str | None, lost: str, exc: TTSUnavailable) -> RemoteStream:
-        """A stream for guild ``key`` on a live server other than ``lost``.
+    async def fail_over(
+        self, key: Hashable, voice: str | None, lost: RemoteStream, exc: TTSUnavailable
+    ) -> RemoteStream:
+        """A stream for guild ``key`` to replace ``lost``, whose connection failed with ``exc``.
+
+        With one URL (one server, or a load balancer such as HAProxy in front of replicas)
+        it is a new connection to that URL, if one opens within ``connect_timeout_s`` (a
+        load balancer routes it to a live replica). With several, it is the least loaded
+        live server other than ``lost``'s.
 
         Raises:
-            TTSUnavailable: ``exc``, when no other server is live (or there is none).
+            TTSUnavailable: ``exc``, when no server can take the reply over.
         """
         if len(self.urls) == 1:
-            raise exc
+            conn = lost.connection
+            try:
+                async with asyncio.timeout(self.connect_timeout_s):
+                    await conn.wait_lost(lost.generation)  # the reader may not have seen the loss yet
+                return await self._open_on(key, voice, conn.url)
+            except (TTSUnavailable, TimeoutError):
+                raise exc from None
         try:
-            url = await self.pick(key, exclude=(lost,))
+            url = await self.pick(key, exclude=(lost.connection.url,))
             return await self._open_on(key, voice, url)
         except TTSUnavailable as other:
             raise TTSUnavailable(f"{exc}; and no other TTS server could take the reply over ({other})") from None
