@@ -45,6 +45,7 @@ import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .agent import agent_context
 from .config import Config, ServerSettings
 from .engines import TTSEngine
 from .events import (
@@ -167,6 +168,12 @@ def create_app(
         await _shut_down(app, owns_pipeline=pipeline is None)
 
     app.cleanup_ctx.append(pipeline_ctx)
+    if config.server.agent_port:  # HAProxy's agent-check (tts_server.agent), once the pipeline runs
+        app.cleanup_ctx.append(
+            agent_context(
+                config.server.host, config.server.agent_port, lambda: app[PIPELINE], lambda: app[STOPPING].is_set()
+            )
+        )
     app.on_shutdown.append(shut_down)
     app.router.add_get("/ws/stream", ws_stream)
     app.router.add_post("/api/speak", api_speak)

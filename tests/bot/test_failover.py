@@ -31,16 +31,19 @@ class Replicas:
         self.servers: dict[str, TestServer] = {}
         self.ports: dict[str, int] = {}
 
-    async def start(self, name: str) -> str:
-        """Start replica ``name`` (on its old port if it ran before); returns its /ws/stream URL."""
+    async def start(self, name: str, server: dict | None = None, port: int | None = None) -> str:
+        """Start replica ``name`` (on ``port``, else its old port if it ran before, else a free one)
+        with these ``[server]`` settings; returns its /ws/stream URL."""
         # A small queue per stream: the server synthesizes only a second ahead of what the
         # bot reads, so most of a long reply is still to be synthesized when it dies.
-        config = load_config(None, {"engine": {"warmup": False}, "server": {"stream_queue_s": 1.0}})
-        server = TestServer(create_app(config, engine=EspeakEngine()), host="127.0.0.1", port=self.ports.get(name, 0))
-        await server.start_server()
-        self.servers[name] = server
-        assert server.port is not None
-        self.ports[name] = server.port
+        settings = {"stream_queue_s": 1.0, **(server or {})}
+        config = load_config(None, {"engine": {"warmup": False}, "server": settings})
+        port = port if port is not None else self.ports.get(name, 0)
+        test_server = TestServer(create_app(config, engine=EspeakEngine()), host="127.0.0.1", port=port)
+        await test_server.start_server()
+        self.servers[name] = test_server
+        assert test_server.port is not None
+        self.ports[name] = test_server.port
         return self.url(name)
 
     def url(self, name: str) -> str:
