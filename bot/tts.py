@@ -323,13 +323,18 @@ class RemoteConnection:
                 return event
 
     async def aclose(self) -> None:
-        """Close the socket and stop reconnecting."""
+        """Close the socket and stop reconnecting; a reply still waiting on it gets :class:`TTSUnavailable`."""
         self._closed = True
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         if self._client is not None:
             await self._client.close()
+        self._connected.clear()
+        self._disconnected.set()
+        while not self._events.empty():
+            self._events.get_nowait()
+        self._events.put_nowait(_Lost(self.generation, "closed by the bot"))
 
     async def _run(self) -> None:
         delay = RECONNECT_INITIAL_S
@@ -363,6 +368,7 @@ class RemoteConnection:
             opened = time.monotonic()
             try:
                 reason = await self._read(client)
+                self.last_error = reason  # before the loss shows: replies waiting on it say why
             finally:
                 self._connected.clear()
                 self._disconnected.set()
@@ -469,6 +475,10 @@ class FailoverStream:
         self._pitch_shift: float | None = None
         self._flush_id: int | None = None  # the reply's flush, once sent
         self._server_flush: int | None = None  # the current server's id for it
+        # Held while text goes to the server and during a failover: the feeder's push and
+        # the consumer's get may both see the loss; one fails over, and no text slips
+        # between the re-sent text and the new server.
+        self._lock = asyncio.Lock()
         #: Failovers this reply went through.
         self.failovers = 0
 
@@ -479,23 +489,25 @@ class FailoverStream:
 
     async def push(self, token: str, pitch_shift: float | None = None) -> None:
         """Send text (see :meth:`RemoteStream.push`); moves to another server if this one is lost."""
-        if pitch_shift is not None:
-            self._pitch_shift = pitch_shift
-        self._segments.extend(self._segmenter.push(token))
-        try:
-            await self.stream.push(token, pitch_shift)
-        except TTSUnavailable as exc:
-            await self._fail_over(exc)  # sends this token too: it is in the segmenter already
+        async with self._lock:
+            if pitch_shift is not None:
+                self._pitch_shift = pitch_shift
+            self._segments.extend(self._segmenter.push(token))
+            try:
+                await self.stream.push(token, pitch_shift)
+            except TTSUnavailable as exc:
+                await self._fail_over(exc)  # sends this token too: it is in the segmenter already
 
     async def flush(self) -> int:
         """Speak everything sent; returns the id of the :class:`Flushed` that will end the reply."""
-        self._segments.extend(self._segmenter.flush())
-        self._flush_id = 1 if self._flush_id is None else self._flush_id + 1
-        try:
-            self._server_flush = await self.stream.flush()
-        except TTSUnavailable as exc:
-            await self._fail_over(exc)
-        return self._flush_id
+        async with self._lock:
+            self._segments.extend(self._segmenter.flush())
+            flush_id = self._flush_id = 1 if self._flush_id is None else self._flush_id + 1
+            try:
+                self._server_flush = await self.stream.flush()
+            except TTSUnavailable as exc:
+                await self._fail_over(exc)
+        return flush_id
 
     async def cancel(self) -> None:
         """Barge-in: nothing of this reply is to be spoken any more."""
@@ -508,10 +520,13 @@ class FailoverStream:
     async def get(self) -> Event:
         """The next event of the reply (its flush under the id :meth:`flush` returned)."""
         while True:
+            stream = self.stream
             try:
-                event = await self.stream.get()
+                event = await stream.get()
             except TTSUnavailable as exc:
-                await self._fail_over(exc)
+                async with self._lock:
+                    if self.stream is stream:  # not moved by the feeder meanwhile
+                        await self._fail_over(exc)
                 continue
             if isinstance(event, SegmentDone) or (isinstance(event, StreamError) and event.segment is not None):
                 self._done += 1
@@ -526,7 +541,7 @@ class FailoverStream:
         await self.stream.close()
 
     async def _fail_over(self, exc: TTSUnavailable) -> None:
-        """Move the reply to another live server and send it what was not spoken yet.
+        """Move the reply to another live server and send it what was not spoken yet (under ``_lock``).
 
         Raises:
             TTSUnavailable: ``exc``, when no other server is live, or after

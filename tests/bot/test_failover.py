@@ -165,3 +165,27 @@ async def test_with_every_server_down_a_reply_is_refused_with_each_named(replica
         assert str(replicas.ports["a"]) in message and str(replicas.ports["b"]) in message
     finally:
         await backend.aclose()
+
+
+async def test_a_replica_killed_while_the_llm_is_still_writing(harness, replicas, llm_server):
+    from testing.llm_server import Script
+    from tts_server import text_pieces
+
+    a, b = await replicas.start("a"), await replicas.start("b")
+    backend = RemoteTTS([a, b], connect_timeout_s=3.0, reconnect_max_s=1.0)
+    h = await harness(backend)
+    g = h.guild()
+    pieces = text_pieces(REPLY)
+    llm_server.queue(Script(pieces, delay_s=0.04))  # about 10 s of writing
+    await h.invoke("speak", g.ctx, prompt="count the sentences")
+    async with asyncio.timeout(30):  # the first sentence is heard, most of the text is still to come
+        while not (g.session.current and g.session.current.reply and g.session.current.reply.segments):
+            await asyncio.sleep(0.01)
+    reply = g.session.current.reply
+    assert reply.pushed_chars < len(REPLY) / 2
+    await replicas.crash("a")
+    await g.wait_idle(90)
+    job = g.session.last_job
+    assert job is not None and job.outcome == "done", g.text.texts()
+    assert reply.text == REPLY and not reply.tts_errors
+    assert [text for _, text in reply.segments] == sentences(REPLY)
