@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from tts_server import EngineLoadError
 
     from .app import run
+    from .guild_store import GuildStoreError
 
     try:
         asyncio.run(run(settings, token))
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except EngineLoadError as exc:
         print(f"voice-bot: cannot start the TTS engine: {exc}", file=sys.stderr)
+        return 2
+    except GuildStoreError as exc:
+        print(f"voice-bot: {exc}", file=sys.stderr)
         return 2
     except discord.LoginFailure:
         print(

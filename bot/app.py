@@ -21,11 +21,12 @@ import discord
 from aiohttp import web
 from discord.ext import commands
 
-from tts_server import API_KEY_ENV, Pipeline, build_pipeline, create_app
+from tts_server import API_KEY_ENV, Pipeline, Segmenter, build_pipeline, create_app
 
 from .cog import VoiceCog
 from .config import BotConfig, Settings
 from .errors import TTSError
+from .guild_store import GuildStore
 from .history import ConversationHistory
 from .llm import LLMClient
 from .pacing import RateEstimate
@@ -54,6 +55,7 @@ class VoiceBot(commands.Bot):
         super().__init__(command_prefix=commands.when_mentioned_or(config.bot.command_prefix), intents=intents())
         self.config = config
         self.sessions = sessions
+        self._homes_rejoined = False
 
     async def setup_hook(self) -> None:
         """Add the cog and register the slash commands."""
@@ -63,8 +65,17 @@ class VoiceBot(commands.Bot):
             log.info("registered %d slash commands", len(synced))
 
     async def on_ready(self) -> None:
-        """Log who we are and where."""
+        """Log who we are and where; the first time, rejoin each guild's home voice channel."""
         log.info("logged in as %s in %d servers", self.user, len(self.guilds))
+        if not self._homes_rejoined:
+            self._homes_rejoined = True
+            joined = await self.sessions.rejoin_homes(self._voice_channel)
+            if joined:
+                log.info("rejoined %d home voice channels", joined)
+
+    def _voice_channel(self, channel_id: int) -> discord.VoiceChannel | discord.StageChannel | None:
+        channel = self.get_channel(channel_id)
+        return channel if isinstance(channel, (discord.VoiceChannel, discord.StageChannel)) else None
 
     async def on_command_error(self, context: commands.Context[Any], exception: commands.CommandError, /) -> None:
         """Unknown commands are ignored; everything else is answered by the cog."""
@@ -93,7 +104,14 @@ async def build_tts(settings: Settings) -> TTSBackend:
     """
     tts = settings.bot.tts
     if tts.mode == "remote":
-        return RemoteTTS(tts.url, tts.connect_timeout_s, tts.reconnect_max_s, os.environ.get(API_KEY_ENV) or None)
+        cuts = settings.pipeline.segmenter
+        return RemoteTTS(
+            tts.server_urls,
+            tts.connect_timeout_s,
+            tts.reconnect_max_s,
+            os.environ.get(API_KEY_ENV) or None,
+            make_segmenter=lambda: Segmenter(cuts.max_chars, cuts.min_clause_chars, cuts.newline_breaks),
+        )
     pipeline = await asyncio.to_thread(build_pipeline, settings.pipeline)
     return EmbeddedTTS(pipeline)
 
@@ -181,6 +199,8 @@ async def run(
 async def _run(
     settings: Settings, token: str, make_bot: Callable[[BotConfig, SessionManager], VoiceBot], stop: SignalStop
 ) -> None:
+    path = settings.bot.bot.settings_db
+    store = await GuildStore.open(path) if path else None
     backend = await build_tts(settings)
     runner: web.AppRunner | None = None
     llm = LLMClient(settings.bot.llm)
@@ -212,7 +232,9 @@ async def _run(
             estimate,
             {voice: estimate} if estimate.segments else {},
         )
-        bot = make_bot(settings.bot, SessionManager(services))
+        sessions = SessionManager(services, store)
+        await sessions.restore()
+        bot = make_bot(settings.bot, sessions)
         log.info("TTS: %s; LLM: %s at %s", backend.description, settings.bot.llm.model, settings.bot.llm.base_url)
         async with bot:
             stop.attach(bot)
@@ -224,3 +246,5 @@ async def _run(
             await runner.cleanup()
         await llm.aclose()
         await backend.aclose()
+        if store is not None:
+            await store.close()

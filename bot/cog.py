@@ -68,6 +68,7 @@ class VoiceCog(commands.Cog, name="Voice"):
         current = session.channel
         if current is None or (current.id != channel.id and not session.busy):
             await session.join(channel)
+            await self.sessions.save(ctx.guild.id)
         elif current.id != channel.id:
             raise BotError(f"I'm speaking in {current.mention} right now; join it to listen, or wait until I'm done.")
 
@@ -92,6 +93,7 @@ class VoiceCog(commands.Cog, name="Voice"):
         channel = self._author_channel(ctx)
         await ctx.defer()
         await self.sessions.get(ctx.guild.id).join(channel)
+        await self.sessions.save(ctx.guild.id)
         await ctx.send(f"🔊 Joined {channel.mention}.")
 
     @commands.hybrid_command()  # type: ignore[arg-type]  # mypy cannot solve discord.py's ParamSpec callback union
@@ -100,6 +102,9 @@ class VoiceCog(commands.Cog, name="Voice"):
         """Stop speaking and leave the voice channel."""
         assert ctx.guild is not None
         session = self.sessions.find(ctx.guild.id)
+        if session is not None:
+            session.home_channel_id = None  # asked to leave: not rejoined at the next start
+            await self.sessions.save(ctx.guild.id)
         if session is None or not await session.leave():
             await ctx.send("I'm not in a voice channel.")
             return
@@ -159,6 +164,7 @@ class VoiceCog(commands.Cog, name="Voice"):
         await ctx.defer()
         await self.sessions.services.tts.check_voice(chosen)
         session.voice = chosen
+        await self.sessions.save(ctx.guild.id)
         self.sessions.services.learn_voice(chosen)
         await ctx.send(f"🗣️ Voice set to **{chosen or 'default'}** (from the next reply).")
 
@@ -176,6 +182,7 @@ class VoiceCog(commands.Cog, name="Voice"):
             await ctx.send(f"Pitch shift: **{session.pitch_shift:+g}** semitones.")
             return
         session.pitch_shift = float(semitones)
+        await self.sessions.save(ctx.guild.id)
         await ctx.send(f"🎚️ Pitch shift set to **{session.pitch_shift:+g}** semitones (from the next reply).")
 
     # -- events and errors -------------------------------------------------------------------

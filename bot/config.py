@@ -38,6 +38,7 @@ class BotSettings(_Section):
     buffer_s: Annotated[float, msgspec.Meta(ge=1, le=600)] = 60.0
     connect_timeout_s: PosFloat = 15.0
     sync_commands: bool = True
+    settings_db: str = "voice-bot.sqlite3"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
@@ -69,11 +70,17 @@ class TTSSettings(_Section):
 
     mode: Literal["embedded", "remote"] = "embedded"
     url: str = "ws://127.0.0.1:8765/ws/stream"
+    urls: list[str] = msgspec.field(default_factory=list)
     serve_http: bool = False
     voice: str = ""
     pitch_shift: Annotated[float, msgspec.Meta(ge=-PITCH_SHIFT_LIMIT, le=PITCH_SHIFT_LIMIT)] = 0.0
     connect_timeout_s: PosFloat = 5.0
     reconnect_max_s: Annotated[float, msgspec.Meta(ge=0.1)] = 30.0
+
+    @property
+    def server_urls(self) -> list[str]:
+        """The remote servers: ``urls`` when given, else ``url`` alone."""
+        return list(self.urls) or [self.url]
 
 
 class BotConfig(_Section):
@@ -111,6 +118,8 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, dict[str,
     file = ConfigFile.read(path)
     pipeline = file.load(Config, overrides)
     bot = file.load(BotConfig, overrides)
-    if bot.tts.mode == "remote" and not bot.tts.url.startswith(("ws://", "wss://")):
-        raise ConfigError(f"{file.where}: [tts] url must be a ws:// or wss:// URL of /ws/stream, got {bot.tts.url!r}")
+    if bot.tts.mode == "remote":
+        for url in bot.tts.server_urls:
+            if not url.startswith(("ws://", "wss://")):
+                raise ConfigError(f"{file.where}: [tts] url must be a ws:// or wss:// URL of /ws/stream, got {url!r}")
     return Settings(bot=bot, pipeline=pipeline)

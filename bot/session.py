@@ -9,7 +9,9 @@ A :class:`GuildSession` owns, for one guild:
 * a bounded queue of replies worked off one at a time by the session's worker task, so
   a second ``speak`` waits behind the first; past ``max_queued_replies`` a new reply
   is refused (nothing queued is dropped);
-* the guild's voice and pitch settings.
+* the guild's voice and pitch settings and its home voice channel (the one it was last
+  asked into), kept across restarts by :class:`SessionManager` in a
+  :class:`~bot.guild_store.GuildStore` when one is configured.
 
 Nothing is shared between sessions but the TTS backend, the LLM client, the history
 and the rate estimates (:class:`Services`); a fault in one guild's reply is reported in
@@ -40,6 +42,7 @@ from .errors import (
     VoiceConnectionLost,
     VoicePermissionError,
 )
+from .guild_store import GuildSettings, GuildStore
 from .history import INTERRUPTED_MARK, ConversationHistory, Turn
 from .live_text import LiveText, Send
 from .llm import LLMClient
@@ -162,6 +165,8 @@ class GuildSession:
         cfg = services.config
         self.voice: str | None = cfg.tts.voice or None
         self.pitch_shift: float = cfg.tts.pitch_shift
+        #: The voice channel the bot was last asked into (rejoined at start; ``None``: none).
+        self.home_channel_id: int | None = None
         self.source = BufferSource(cfg.bot.buffer_s)
         self.voice_client: discord.VoiceClient | None = None
         self.current: Job | None = None
@@ -224,6 +229,7 @@ class GuildSession:
             raise VoicePermissionError(f"Discord refused me access to {channel.mention}.") from None
         self._ensure_player()
         log.info("guild %s: in voice channel %s", self.guild_id, channel.id)
+        self.home_channel_id = channel.id
         return vc
 
     async def leave(self) -> bool:
@@ -487,21 +493,94 @@ def _skipped_message(errors: list[str]) -> str:
 
 
 class SessionManager:
-    """The sessions of all guilds, created on first use.
+    """The sessions of all guilds, created on first use, with their stored settings.
 
     Args:
         services: what all sessions share.
+        store: where each guild's voice, pitch and home channel are kept across restarts
+            (``None``: they are not); read by :meth:`restore`, written by :meth:`save`.
     """
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, store: GuildStore | None = None) -> None:
         self.services = services
+        self.store = store
         self._sessions: dict[int, GuildSession] = {}
+        self._stored: dict[int, GuildSettings] = {}
+
+    async def restore(self) -> int:
+        """Read every guild's stored settings; sessions made from now on start with them.
+
+        Returns:
+            how many guilds had settings stored.
+        """
+        if self.store is None:
+            return 0
+        self._stored = await self.store.load_all()
+        for guild_id, session in self._sessions.items():
+            if guild_id in self._stored:
+                self._apply(session, self._stored[guild_id])
+        log.info("restored the settings of %d guilds from %s", len(self._stored), self.store.path)
+        return len(self._stored)
+
+    @staticmethod
+    def _apply(session: GuildSession, stored: GuildSettings) -> None:
+        session.voice = stored.voice
+        session.pitch_shift = stored.pitch_shift
+        session.home_channel_id = stored.home_channel_id
+
+    async def save(self, guild_id: int) -> None:
+        """Store the guild's current voice, pitch and home channel (a failure is logged, not raised:
+        the command that changed them has taken effect all the same)."""
+        session = self._sessions.get(guild_id)
+        if self.store is None or session is None:
+            return
+        stored = GuildSettings(session.voice, session.pitch_shift, session.home_channel_id)
+        if self._stored.get(guild_id) == stored:
+            return
+        try:
+            await self.store.save(guild_id, stored)
+        except Exception as exc:
+            log.error("guild %s: cannot store its settings in %s: %s", guild_id, self.store.path, exc)
+            return
+        self._stored[guild_id] = stored
+
+    async def rejoin_homes(self, resolve: Callable[[int], discord.VoiceChannel | discord.StageChannel | None]) -> int:
+        """Join every guild's stored home voice channel (at start, once the client is ready).
+
+        Args:
+            resolve: the channel of an id (the Discord client's ``get_channel``), ``None``
+                when it is gone or not a voice channel; such a home is forgotten.
+
+        Returns:
+            how many channels were joined. A failure to join is logged, and the others go on.
+        """
+        joined = 0
+        for guild_id, stored in list(self._stored.items()):
+            if stored.home_channel_id is None:
+                continue
+            channel = resolve(stored.home_channel_id)
+            session = self.get(guild_id)
+            if channel is None:
+                log.warning("guild %s: home voice channel %s is gone; forgotten", guild_id, stored.home_channel_id)
+                session.home_channel_id = None
+                await self.save(guild_id)
+                continue
+            try:
+                await session.join(channel)
+            except BotError as exc:
+                log.warning("guild %s: cannot rejoin home voice channel %s: %s", guild_id, channel.id, exc)
+                continue
+            joined += 1
+        return joined
 
     def get(self, guild_id: int) -> GuildSession:
-        """The guild's session (created on first use)."""
+        """The guild's session (created on first use, with its stored settings if any)."""
         session = self._sessions.get(guild_id)
         if session is None:
             session = self._sessions[guild_id] = GuildSession(guild_id, self.services)
+            stored = self._stored.get(guild_id)
+            if stored is not None:
+                self._apply(session, stored)
         return session
 
     def find(self, guild_id: int) -> GuildSession | None:

@@ -12,6 +12,19 @@ float32 mono 48 kHz PCM, :class:`tts_server.SegmentDone`, :class:`tts_server.Flu
   connection is re-established in the background with exponential backoff, and a
   reply that needs it meanwhile fails fast with a message saying so.
 
+Failover (``[tts] urls`` with several ``tts-server`` replicas). Each reply opens its
+stream on the least loaded live server, as their ``GET /health`` (``active_streams`` of
+``max_streams``) tells at that moment; a server that does not answer is skipped, and one
+that answers again is used again. The reply's :class:`FailoverStream` cuts the text it
+sends with the pipeline's own :class:`tts_server.Segmenter` (the same ``[segmenter]``
+settings as the servers') and counts the segments the server completed; when the server
+is lost mid-reply, the segments not yet completed (the one being spoken starts again from
+its beginning) and the unfinished text go to the next live server, with the reply's
+flush, and the reply goes on: the listener hears at most that one sentence's gap. Each
+failover is logged (WARNING). With one URL (a single server, or HAProxy in front of
+replicas) the reply goes on the same way over a new connection to that URL, if one opens
+within ``connect_timeout_s``; otherwise it fails with a message saying the connection was lost.
+
 Voices are plain names handed to the pipeline (``open_stream(voice=...)``, or
 ``{"voice": name}`` on the socket).
 """
@@ -22,7 +35,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
@@ -40,6 +54,7 @@ from tts_server import (
     PipelineBusy,
     ProtocolError,
     SegmentDone,
+    Segmenter,
     Stream,
     StreamClient,
     StreamError,
@@ -57,6 +72,8 @@ REMOTE_EVENT_QUEUE = 256
 RECONNECT_INITIAL_S = 0.5
 #: A connection that lasted this long resets the backoff.
 STABLE_CONNECTION_S = 10.0
+#: A reply moves to another server at most this many times (then it fails with the last error).
+MAX_FAILOVERS = 5
 
 
 class TTSStream(Protocol):
@@ -218,6 +235,8 @@ class RemoteConnection:
         self._session = session
         self._client: StreamClient | None = None
         self._connected = asyncio.Event()
+        self._disconnected = asyncio.Event()
+        self._disconnected.set()
         self._events: asyncio.Queue[tuple[int, Event] | _Lost] = asyncio.Queue(maxsize=REMOTE_EVENT_QUEUE)
         self._epoch = 0  # incremented by cancel(): queued events of older epochs are stale
         self._unacked_cancels = 0  # events received before the server's "cancelled" are stale
@@ -245,6 +264,11 @@ class RemoteConnection:
                 f"reconnecting in the background (next attempt in {retry:.0f} s)"
             ) from None
         return self.generation
+
+    async def wait_lost(self, generation: int) -> None:
+        """Return once connection ``generation`` is gone (at once if it is already)."""
+        if generation == self.generation and self.connected:
+            await self._disconnected.wait()
 
     def client(self, generation: int) -> StreamClient:
         """The client of connection ``generation``.
@@ -299,13 +323,18 @@ class RemoteConnection:
                 return event
 
     async def aclose(self) -> None:
-        """Close the socket and stop reconnecting."""
+        """Close the socket and stop reconnecting; a reply still waiting on it gets :class:`TTSUnavailable`."""
         self._closed = True
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         if self._client is not None:
             await self._client.close()
+        self._connected.clear()
+        self._disconnected.set()
+        while not self._events.empty():
+            self._events.get_nowait()
+        self._events.put_nowait(_Lost(self.generation, "closed by the bot"))
 
     async def _run(self) -> None:
         delay = RECONNECT_INITIAL_S
@@ -333,13 +362,16 @@ class RemoteConnection:
             self.voice = None
             self._unacked_cancels = 0
             self.generation += 1
+            self._disconnected.clear()
             self._connected.set()
             log.info("%s: connected to the TTS server at %s", self.name, self.url)
             opened = time.monotonic()
             try:
                 reason = await self._read(client)
+                self.last_error = reason  # before the loss shows: replies waiting on it say why
             finally:
                 self._connected.clear()
+                self._disconnected.set()
                 self._client = None
                 await client.close()
             self.last_error = reason
@@ -415,75 +447,320 @@ class RemoteStream:
         """Nothing to free: the connection serves the server's next reply."""
 
 
-class RemoteTTS:
-    """A running ``tts-server`` reached over ``/ws/stream``.
+class FailoverStream:
+    """A :class:`TTSStream` for one reply that moves to another server when its server is lost.
+
+    See the module docstring. Text is sent as it comes (the server segments it and may
+    prefill it as usual); the stream keeps what it needs to send it again: the segments cut
+    so far and the unfinished text.
 
     Args:
-        url: ``ws://host:port/ws/stream``.
+        backend: the backend that opened it (it picks the next server).
+        key: the Discord guild.
+        voice: the reply's voice.
+        stream: the reply's stream on the first server.
+        segmenter: cuts the text as the servers do.
+    """
+
+    def __init__(
+        self, backend: RemoteTTS, key: Hashable, voice: str | None, stream: RemoteStream, segmenter: Segmenter
+    ) -> None:
+        self.backend = backend
+        self.key = key
+        self.voice = voice
+        self.stream = stream
+        self._segmenter = segmenter
+        self._segments: list[str] = []  # every segment cut so far, in order
+        self._done = 0  # segments the servers completed (spoken or reported failed)
+        self._pitch_shift: float | None = None
+        self._flush_id: int | None = None  # the reply's flush, once sent
+        self._server_flush: int | None = None  # the current server's id for it
+        # Held while text goes to the server and during a failover: the feeder's push and
+        # the consumer's get may both see the loss; one fails over, and no text slips
+        # between the re-sent text and the new server.
+        self._lock = asyncio.Lock()
+        #: Failovers this reply went through.
+        self.failovers = 0
+
+    @property
+    def url(self) -> str:
+        """The server speaking the reply now."""
+        return self.stream.connection.url
+
+    async def push(self, token: str, pitch_shift: float | None = None) -> None:
+        """Send text (see :meth:`RemoteStream.push`); moves to another server if this one is lost."""
+        async with self._lock:
+            if pitch_shift is not None:
+                self._pitch_shift = pitch_shift
+            self._segments.extend(self._segmenter.push(token))
+            try:
+                await self.stream.push(token, pitch_shift)
+            except TTSUnavailable as exc:
+                await self._fail_over(exc)  # sends this token too: it is in the segmenter already
+
+    async def flush(self) -> int:
+        """Speak everything sent; returns the id of the :class:`Flushed` that will end the reply."""
+        async with self._lock:
+            self._segments.extend(self._segmenter.flush())
+            flush_id = self._flush_id = 1 if self._flush_id is None else self._flush_id + 1
+            try:
+                self._server_flush = await self.stream.flush()
+            except TTSUnavailable as exc:
+                await self._fail_over(exc)
+        return flush_id
+
+    async def cancel(self) -> None:
+        """Barge-in: nothing of this reply is to be spoken any more."""
+        self._segmenter.clear()
+        self._segments.clear()
+        self._done = 0
+        self._flush_id = self._server_flush = None
+        await self.stream.cancel()
+
+    async def get(self) -> Event:
+        """The next event of the reply (its flush under the id :meth:`flush` returned)."""
+        while True:
+            stream = self.stream
+            try:
+                event = await stream.get()
+            except TTSUnavailable as exc:
+                async with self._lock:
+                    if self.stream is stream:  # not moved by the feeder meanwhile
+                        await self._fail_over(exc)
+                continue
+            if isinstance(event, SegmentDone) or (isinstance(event, StreamError) and event.segment is not None):
+                self._done += 1
+            elif isinstance(event, Flushed):
+                if self._server_flush is None or event.flush_id != self._server_flush or self._flush_id is None:
+                    continue  # a flush of re-sent segments: not the reply's
+                return Flushed(self._flush_id, event.segments, event.audio_samples)
+            return event
+
+    async def close(self) -> None:
+        """Nothing to free: the connection serves the guild's next reply."""
+        await self.stream.close()
+
+    async def _fail_over(self, exc: TTSUnavailable) -> None:
+        """Move the reply to another live server and send it what was not spoken yet (under ``_lock``).
+
+        Raises:
+            TTSUnavailable: ``exc``, when no other server is live, or after
+                :data:`MAX_FAILOVERS` failovers in this reply.
+        """
+        if self.failovers >= MAX_FAILOVERS:
+            raise exc
+        lost = self.url
+        unspoken = self._segments[self._done :]
+        stream = await self.backend.fail_over(self.key, self.voice, self.stream, exc)
+        log.warning(
+            "guild %s: TTS server %s lost mid-reply (%s); %d sentences and %d characters of unfinished text go to %s",
+            self.key,
+            lost,
+            exc,
+            len(unspoken),
+            len(self._segmenter.pending_text),
+            stream.connection.url,
+        )
+        self.stream = stream
+        self.failovers += 1
+        self._server_flush = None
+        try:
+            for text in unspoken:  # each cut exactly where it was cut before
+                await stream.push(text, self._pitch_shift)
+                await stream.flush()
+            pending = self._segmenter.pending_text
+            if pending:
+                await stream.push(pending, self._pitch_shift)
+            if self._flush_id is not None:
+                self._server_flush = await stream.flush()
+        except TTSUnavailable as again:
+            await self._fail_over(again)
+
+
+@dataclass(frozen=True)
+class ServerLoad:
+    """One server's answer to ``GET /health`` (``None`` fields: it did not answer)."""
+
+    url: str
+    active_streams: int | None
+    max_streams: int | None
+    error: str = ""
+
+    @property
+    def live(self) -> bool:
+        """It answered ``{"status": "ok"}``."""
+        return self.active_streams is not None
+
+    def load(self, own_connection: bool) -> float:
+        """Share of its stream slots in use, not counting the guild's own connection to it."""
+        if self.active_streams is None or not self.max_streams:
+            return float("inf")
+        return (self.active_streams - (1 if own_connection else 0)) / self.max_streams
+
+
+class RemoteTTS:
+    """Running ``tts-server`` replicas reached over ``/ws/stream`` (one URL, or several with failover).
+
+    Args:
+        url: ``ws://host:port/ws/stream``, or a list of them (replicas: see the module docstring).
         connect_timeout_s: how long a reply waits for the connection before failing.
         reconnect_max_s: longest pause between reconnection attempts.
         api_key: sent to a server with API keys (``Authorization: Bearer``); the bot passes
             the ``TTS_API_KEY`` environment variable.
+        make_segmenter: makes the segmenter a reply's text is cut with (the servers'
+            ``[segmenter]`` settings); the default settings when ``None``.
     """
 
     def __init__(
-        self, url: str, connect_timeout_s: float = 5.0, reconnect_max_s: float = 30.0, api_key: str | None = None
+        self,
+        url: str | Sequence[str],
+        connect_timeout_s: float = 5.0,
+        reconnect_max_s: float = 30.0,
+        api_key: str | None = None,
+        *,
+        make_segmenter: Callable[[], Segmenter] | None = None,
     ) -> None:
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(url)
+        if not self.urls:
+            raise ValueError("RemoteTTS needs at least one URL")
+        self.url = self.urls[0]
         self.api_key = api_key
         self.connect_timeout_s = connect_timeout_s
         self.reconnect_max_s = reconnect_max_s
-        self.description = f"remote tts-server at {url}"
+        self.make_segmenter: Callable[[], Segmenter] = make_segmenter or Segmenter
+        self.description = (
+            f"remote tts-server at {self.url}"
+            if len(self.urls) == 1
+            else f"remote tts-servers at {', '.join(self.urls)} (least loaded, with failover)"
+        )
         self._session: aiohttp.ClientSession | None = None
         self._connections: dict[Hashable, RemoteConnection] = {}
 
-    def connection(self, key: Hashable) -> RemoteConnection:
-        """The connection of server ``key`` (created, and connecting, on first use)."""
+    def _http_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    def connection(self, key: Hashable, url: str | None = None) -> RemoteConnection:
+        """The connection of server ``key`` to ``url`` (default: the first URL), created (and
+        connecting) on first use. Close one to another URL first (:meth:`release`)."""
+        url = url or self.url
         conn = self._connections.get(key)
         if conn is None:
-            if self._session is None:
-                self._session = aiohttp.ClientSession()
-            conn = RemoteConnection(self._session, self.url, self.reconnect_max_s, f"guild {key}", self.api_key)
+            conn = RemoteConnection(self._http_session(), url, self.reconnect_max_s, f"guild {key}", self.api_key)
             self._connections[key] = conn
         return conn
 
-    async def open_stream(self, key: Hashable, voice: str | None) -> RemoteStream:
-        """Wait (up to ``connect_timeout_s``) for server ``key``'s connection; a stream over it.
+    async def loads(self) -> list[ServerLoad]:
+        """Every server's ``GET /health``, asked at once (each within ``connect_timeout_s``, at most 2 s)."""
+        return list(await asyncio.gather(*(self._health(url) for url in self.urls)))
 
-        The voice is chosen with ``{"voice": ...}``; a name the server does not know comes
-        back as a ``StreamError`` event (``check_voice`` catches it earlier).
+    async def _health(self, url: str) -> ServerLoad:
+        timeout = aiohttp.ClientTimeout(total=min(2.0, self.connect_timeout_s))
+        try:
+            async with self._http_session().get(_http_url(url, "/health"), timeout=timeout) as r:
+                r.raise_for_status()
+                data = await r.json()
+            if data.get("status") != "ok":
+                return ServerLoad(url, None, None, f"status {data.get('status')!r}")
+            return ServerLoad(url, int(data["active_streams"]), int(data["max_streams"]))
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            return ServerLoad(url, None, None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+    async def pick(self, key: Hashable, exclude: Sequence[str] = ()) -> str:
+        """The least loaded live server for guild ``key`` (its current one wins a tie).
+
+        Raises:
+            TTSUnavailable: none is live (the message names each and why).
         """
-        conn = self.connection(key)
+        current = self._connections.get(key)
+        own = current.url if current is not None and current.connected else None
+        loads = [load for load in await self.loads() if load.url not in exclude]
+        live = [load for load in loads if load.live]
+        if not live:
+            reasons = "; ".join(f"{load.url}: {load.error}" for load in loads) or "none left to try"
+            raise TTSUnavailable(f"no TTS server is reachable ({reasons})")
+        best = min(live, key=lambda load: (load.load(load.url == own), load.url != own))
+        return best.url
+
+    async def open_stream(self, key: Hashable, voice: str | None) -> FailoverStream:
+        """A stream for one reply of guild ``key``, on the least loaded live server.
+
+        Waits up to ``connect_timeout_s`` for the connection. The voice is chosen with
+        ``{"voice": ...}``; a name the server does not know comes back as a ``StreamError``
+        event (``check_voice`` catches it earlier).
+
+        Raises:
+            TTSUnavailable: no server can be reached.
+        """
+        url = self.url if len(self.urls) == 1 else await self.pick(key)
+        stream = await self._open_on(key, voice, url)
+        return FailoverStream(self, key, voice, stream, self.make_segmenter())
+
+    async def _open_on(self, key: Hashable, voice: str | None, url: str) -> RemoteStream:
+        current = self._connections.get(key)
+        if current is not None and current.url != url:
+            await self.release(key)  # the guild moves to another server
+        conn = self.connection(key, url)
         generation = await conn.wait_connected(self.connect_timeout_s)
         await conn.set_voice(generation, voice)
         return RemoteStream(conn, generation)
 
+    async def fail_over(
+        self, key: Hashable, voice: str | None, lost: RemoteStream, exc: TTSUnavailable
+    ) -> RemoteStream:
+        """A stream for guild ``key`` to replace ``lost``, whose connection failed with ``exc``.
+
+        With one URL (one server, or a load balancer such as HAProxy in front of replicas)
+        it is a new connection to that URL, if one opens within ``connect_timeout_s`` (a
+        load balancer routes it to a live replica). With several, it is the least loaded
+        live server other than ``lost``'s.
+
+        Raises:
+            TTSUnavailable: ``exc``, when no server can take the reply over.
+        """
+        if len(self.urls) == 1:
+            conn = lost.connection
+            try:
+                async with asyncio.timeout(self.connect_timeout_s):
+                    await conn.wait_lost(lost.generation)  # the reader may not have seen the loss yet
+                return await self._open_on(key, voice, conn.url)
+            except (TTSUnavailable, TimeoutError):
+                raise exc from None
+        try:
+            url = await self.pick(key, exclude=(lost.connection.url,))
+            return await self._open_on(key, voice, url)
+        except TTSUnavailable as other:
+            raise TTSUnavailable(f"{exc}; and no other TTS server could take the reply over ({other})") from None
+
     def voices_url(self) -> str:
         """``GET /voices`` of the server behind :attr:`url` (same host, port and path prefix)."""
-        url = URL(self.url)
-        prefix = url.path[: -len("/ws/stream")] if url.path.endswith("/ws/stream") else url.path.rstrip("/")
-        return str(url.with_scheme("https" if url.scheme == "wss" else "http").with_path(prefix + "/voices"))
+        return _http_url(self.url, "/voices")
 
     async def check_voice(self, voice: str | None) -> None:
-        """Ask the server's ``GET /voices`` whether it has ``voice``.
+        """Ask the servers' ``GET /voices`` (the first that answers) whether it has ``voice``.
 
         Raises:
             UnknownVoiceError: it does not.
-            TTSUnavailable: the server cannot be asked.
+            TTSUnavailable: no server can be asked.
         """
         if voice is None:
             return
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        try:
-            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
-            async with self._session.get(
-                self.voices_url(), headers=headers, timeout=aiohttp.ClientTimeout(total=self.connect_timeout_s)
-            ) as r:
-                r.raise_for_status()
-                listing = await r.json()
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            raise TTSUnavailable(f"cannot ask the TTS server for its voices ({self.voices_url()}: {exc})") from None
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+        errors = []
+        for url in self.urls:
+            voices_url = _http_url(url, "/voices")
+            try:
+                async with self._http_session().get(
+                    voices_url, headers=headers, timeout=aiohttp.ClientTimeout(total=self.connect_timeout_s)
+                ) as r:
+                    r.raise_for_status()
+                    listing = await r.json()
+                break
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                errors.append(f"{voices_url}: {exc}")
+        else:
+            raise TTSUnavailable(f"cannot ask the TTS server for its voices ({'; '.join(errors)})")
         names = [v.get("name") for v in listing.get("voices", [])]
         if voice not in names:
             raise UnknownVoiceError(f"unknown voice {voice!r}: available voices: {', '.join(names) or 'none'}")
@@ -501,6 +778,13 @@ class RemoteTTS:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _http_url(ws_url: str, path: str) -> str:
+    """The HTTP URL of ``path`` on the server of ``ws_url`` (same host, port and path prefix)."""
+    url = URL(ws_url)
+    prefix = url.path[: -len("/ws/stream")] if url.path.endswith("/ws/stream") else url.path.rstrip("/")
+    return str(url.with_scheme("https" if url.scheme == "wss" else "http").with_path(prefix + path))
 
 
 async def measure(

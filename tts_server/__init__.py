@@ -44,6 +44,7 @@ from .events import (
 )
 from .protocol import ProtocolError
 from .scheduler import Pipeline
+from .segmenter import Segmenter
 from .service import build_pipeline
 from .stream import Stream
 from .voice_catalog import VoiceCatalog
@@ -71,6 +72,7 @@ __all__ = [
     "ProtocolError",
     "Segment",
     "SegmentDone",
+    "Segmenter",
     "ServerEvent",
     "Stream",
     "StreamClient",

@@ -1,5 +1,5 @@
-"""Transport: the aiohttp application (``/ws/stream``, ``/api/speak``, ``/health``, ``/voices``;
-the other seeds' protocols are added from :mod:`tts_server.protocols`).
+"""Transport: the aiohttp application (``/ws/stream``, ``/api/speak``, ``/health``, ``/voices``,
+``/metrics``; the other seeds' protocols are added from :mod:`tts_server.protocols`).
 
 A thin adapter over :class:`~tts_server.scheduler.Pipeline`: it parses messages
 (:mod:`tts_server.protocol`), feeds the client's stream and writes its events back.
@@ -44,7 +44,9 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .agent import agent_context
 from .config import Config, ServerSettings
 from .engines import TTSEngine
 from .events import (
@@ -112,7 +114,7 @@ async def estimate_speech_s(text: str) -> float:
 
 
 #: Cheap, bounded answers that do not count against a client's streams (every other path does).
-UNMETERED_PATHS = ("/health", "/voices", "/v1/models", "/v1/audio/voices")
+UNMETERED_PATHS = ("/health", "/voices", "/metrics", "/v1/models", "/v1/audio/voices")
 
 CONFIG = web.AppKey("config", Config)
 PIPELINE = web.AppKey("pipeline", Pipeline)
@@ -143,7 +145,8 @@ def create_app(
     """
     app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args=handler_args(config.server))
     app[CONFIG] = config
-    guards = Guards(config.server, open_paths=("/health",), unmetered_paths=UNMETERED_PATHS)
+    open_paths = ("/health", "/metrics") if config.server.metrics_public else ("/health",)
+    guards = Guards(config.server, open_paths=open_paths, unmetered_paths=UNMETERED_PATHS)
     guards.install(app)
     app[GUARDS] = guards
     app[SESSIONS] = set[_Session]()
@@ -169,11 +172,18 @@ def create_app(
         await _shut_down(app, owns_pipeline=pipeline is None)
 
     app.cleanup_ctx.append(pipeline_ctx)
+    if config.server.agent_port:  # HAProxy's agent-check (tts_server.agent), once the pipeline runs
+        app.cleanup_ctx.append(
+            agent_context(
+                config.server.host, config.server.agent_port, lambda: app[PIPELINE], lambda: app[STOPPING].is_set()
+            )
+        )
     app.on_shutdown.append(shut_down)
     app.router.add_get("/ws/stream", ws_stream)
     app.router.add_post("/api/speak", api_speak)
     app.router.add_get("/health", health)
     app.router.add_get("/voices", list_voices)
+    app.router.add_get("/metrics", metrics)
     # The other seeds' protocols, one module each; they build on this module's pieces
     # (hence imported here, once this module is complete).
     from .protocols import kokoro_live, kokorox, openai_speech, soprano_ws
@@ -267,6 +277,7 @@ class _Session:
         try:
             message = parse_message(data, self.max_token_chars)
         except ProtocolError as exc:
+            self.stream.count_error("protocol")
             await self.ws.send_json({"error": str(exc)})
             return
         if message.events is not None:
@@ -288,6 +299,7 @@ class _Session:
                 else:
                     self.stream.push(token, message.pitch_shift)
             except PendingTextFull as exc:
+                self.stream.count_error("pending_text_full")
                 await self.ws.send_json({"error": str(exc)})
         if message.flush:
             self.stream.flush()
@@ -633,3 +645,12 @@ async def list_voices(request: web.Request) -> web.Response:
     """``GET /voices``: the RVC voices a stream may choose (``{"voice": name}``), and the default."""
     voices = request.app[PIPELINE].voices
     return web.json_response({"default": voices.default, "voices": voices.describe()})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: the pipeline's Prometheus metrics (text format; see :mod:`tts_server.metrics`).
+
+    Behind the API key like every route, unless ``[server] metrics_public``.
+    """
+    registry = request.app[PIPELINE].metrics.registry
+    return web.Response(body=generate_latest(registry), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})

@@ -71,6 +71,8 @@ class ServerSettings(_Section):
     api_keys: list[Annotated[str, msgspec.Meta(min_length=1)] | APIKey] = msgspec.field(default_factory=list)
     allowed_origins: list[str] = msgspec.field(default_factory=list)
     allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    metrics_public: bool = False
+    agent_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     def __repr__(self) -> str:

@@ -70,6 +70,7 @@ from .engines.base import (
     chunk_target_samples,
 )
 from .events import OUTPUT_SAMPLE_RATE, Audio, Flushed, PipelineBusy, StreamError, UnknownVoice
+from .metrics import Metrics
 from .renderer import SegmentRenderer
 from .segmenter import Segmenter
 from .stream import Stream
@@ -122,6 +123,7 @@ class Pipeline:
 
     Attributes:
         batched: True when the streams are served by continuous batching.
+        metrics: its Prometheus instruments, in a registry of its own (``GET /metrics``).
     """
 
     def __init__(
@@ -159,6 +161,7 @@ class Pipeline:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self.metrics = Metrics(self)
 
     # -- what streams ask of it (StreamHost) ------------------------------------------------
 
@@ -228,6 +231,11 @@ class Pipeline:
         """Number of open (not closed) streams."""
         return sum(not stream.closed for stream in list(self._streams.values()))
 
+    @property
+    def queued_audio_s(self) -> float:
+        """Seconds of synthesized audio queued for all clients and not yet taken."""
+        return sum(stream.queued_audio_s for stream in list(self._streams.values()))
+
     def open_stream(
         self,
         loop: asyncio.AbstractEventLoop | None = None,
@@ -251,14 +259,24 @@ class Pipeline:
         """
         active = self.active_streams
         if active >= self.max_streams:
+            self.metrics.streams_refused.inc()
             raise PipelineBusy(f"server busy: {active} of {self.max_streams} streams in use")
         self.check_voice(voice)
-        renderer = SegmentRenderer(self.engine, self.voices(None), sample_rate, batched=self.batched)
-        stream = Stream(self, next(self._ids), loop or asyncio.get_running_loop(), renderer)
+        stage = self.voices(None)
+        renderer = SegmentRenderer(self.engine, stage, sample_rate, batched=self.batched)
+        stream = Stream(
+            self,
+            next(self._ids),
+            loop or asyncio.get_running_loop(),
+            renderer,
+            metrics=self.metrics,
+            converts=not isinstance(stage, Passthrough),
+        )
         if voice is not None:
             stream.set_voice(voice)
         with self._cond:
             self._streams[stream.id] = stream
+        self.metrics.streams_opened.inc()
         return stream
 
     async def speak(self, text: str, pitch_shift: float = 0.0, voice: str | None = None) -> np.ndarray:
@@ -391,6 +409,7 @@ class Pipeline:
         rows = self._assemble(engine, streams, deadlines)
         progressed = False
         if rows:
+            self.metrics.batch_size.observe(len(rows))
             started = time.perf_counter()
             done = self._run_split(
                 lambda part: engine.step([(r.sequence, r.budget) for r in part]), rows, self._fail_row

@@ -53,9 +53,10 @@ from .events import (
     StreamError,
     UnknownVoice,
 )
+from .metrics import Metrics, StreamMetrics
 from .renderer import Renderer
 from .segmenter import Segmenter
-from .voice_stage import VoiceStage
+from .voice_stage import Passthrough, VoiceStage
 
 log = logging.getLogger(__name__)
 
@@ -130,17 +131,32 @@ class Stream:
         loop: the event loop its consumer runs on.
         renderer: engine → voice stage → resampler for this stream; its ``out_rate`` is the
             stream's :attr:`sample_rate` (the one resampling of the stream's audio).
+        metrics: the pipeline's instruments (``None``: nothing is counted).
+        converts: the renderer's first voice stage converts (an RVC voice, not a passthrough).
 
     Attributes:
         sample_rate: Hz of every :class:`~tts_server.events.Audio` it emits (48 kHz unless the
             client's protocol asked for another when the stream was opened).
     """
 
-    def __init__(self, host: StreamHost, stream_id: int, loop: asyncio.AbstractEventLoop, renderer: Renderer) -> None:
+    def __init__(
+        self,
+        host: StreamHost,
+        stream_id: int,
+        loop: asyncio.AbstractEventLoop,
+        renderer: Renderer,
+        *,
+        metrics: Metrics | None = None,
+        converts: bool = False,
+    ) -> None:
         self.id = stream_id
         self.sample_rate: int = renderer.out_rate
         # The host's bound is in samples at 48 kHz: the same seconds of audio at this rate.
         self._max_queued_samples = host.max_queued_samples * self.sample_rate // OUTPUT_SAMPLE_RATE
+        self._metrics = metrics
+        self._stream_metrics = StreamMetrics(metrics, self.sample_rate) if metrics is not None else None
+        #: Inference thread: the current voice stage converts (RVC), i.e. is not a passthrough.
+        self._converts = converts
         self._host = host
         self._loop = loop
         self._segmenter = host.new_segmenter()
@@ -285,6 +301,8 @@ class Stream:
             return
         self.cancel()
         self._closed = True
+        if self._metrics is not None:
+            self._metrics.streams_closed.inc()
         self._host.wake()
 
     @property
@@ -295,6 +313,11 @@ class Stream:
         with self._lock:
             queued = bool(self._work)
         return queued or self.renderer.busy or not self._out.empty()
+
+    @property
+    def queued_audio_s(self) -> float:
+        """Seconds of synthesized audio queued for the client, not yet taken with :meth:`get`."""
+        return self._queued_samples / self.sample_rate
 
     @property
     def pending_events(self) -> int:
@@ -351,6 +374,8 @@ class Stream:
             event = Flushed(event.flush_id, tuple(self._flush_segments), self._flush_samples)
             self._flush_segments = []
             self._flush_samples = 0
+        if self._stream_metrics is not None:
+            self._stream_metrics.observe_event(event)
         self._out.put_nowait(event)
 
     # -- inference-thread side -----------------------------------------------------------
@@ -525,6 +550,7 @@ class Stream:
         segment = renderer.drop(target) if target is not None else None
         index = segment.index if segment is not None else -1
         log.error("stream %d: synthesis of segment %d failed: %s", self.id, index, exc, exc_info=exc)
+        self.count_error("synthesis")
         self._post(epoch, StreamError(f"synthesis failed for segment {index}: {exc}", index))
         for i, item in enumerate(self._flight):
             if item is segment:
@@ -544,6 +570,8 @@ class Stream:
         if not more:  # out of text for now: push out what the stages still hold
             self._post_audio(epoch, renderer.drain(), self._current_index)
         self._post(epoch, renderer.end())
+        if self._converts and self._metrics is not None:
+            self._metrics.rvc_conversions.inc()
         if self._flight:
             self._flight.popleft()  # the segment that ended (marks before it were posted already)
         self._post_marks(epoch)
@@ -606,6 +634,7 @@ class Stream:
         except Exception as exc:  # one bad segment must not kill the stream or the thread
             index = self._current_index
             log.exception("stream %d: synthesis of segment %d failed", self.id, index)
+            self.count_error("synthesis")
             renderer.abandon()
             self._post(epoch, StreamError(f"synthesis failed for segment {index}: {exc}", index))
             return
@@ -631,6 +660,13 @@ class Stream:
         except Exception as exc:  # a bad voice file must not end the stream
             message = str(exc) if isinstance(exc, UnknownVoice) else f"voice {voice!r} refused: {exc}"
             log.warning("stream %d: %s", self.id, message)
+            self.count_error("voice")
             self._post(epoch, StreamError(message))
             return
+        self._converts = not isinstance(stage, Passthrough)
         self._post_audio(epoch, self.renderer.set_voice(stage), -1)
+
+    def count_error(self, kind: str) -> None:
+        """Count an error of ``kind`` (see :data:`~tts_server.metrics.ERROR_KINDS`) told to this stream's client."""
+        if self._metrics is not None:
+            self._metrics.error(kind)

@@ -112,7 +112,10 @@ def test_voice_bot_exits_0_on_sigterm(tmp_path):
         )
     )
     config = tmp_path / "config.toml"
-    config.write_text('[engine]\nname = "espeak"\nwarmup = false\n[bot]\nsync_commands = false\n')
+    store = tmp_path / "guilds.sqlite3"
+    config.write_text(
+        f'[engine]\nname = "espeak"\nwarmup = false\n[bot]\nsync_commands = false\nsettings_db = "{store}"\n'
+    )
     process = subprocess.Popen(
         [sys.executable, str(script), str(config)],
         stdout=subprocess.PIPE,

@@ -274,8 +274,9 @@ async def test_an_unreachable_tts_server_is_reported_then_reconnected_with_backo
         await backend.aclose()
 
 
-async def test_a_remote_tts_connection_lost_mid_reply_is_reported(harness, make_server):
+async def test_a_remote_tts_connection_lost_mid_reply_goes_on_over_a_new_one(harness, make_server):
     from bot.tts import RemoteTTS
+    from tts_server import Segmenter
     from tts_server.engines.espeak import EspeakEngine
 
     base, _app = await make_server(EspeakEngine())
@@ -283,19 +284,40 @@ async def test_a_remote_tts_connection_lost_mid_reply_is_reported(harness, make_
     h = await harness(backend)
     g = h.guild()
     try:
-        await h.invoke("say", g.ctx, text=LONG * 2)
+        await h.invoke("say", g.ctx, text=LONG)
         await _speaking(g)
         conn = backend.connection(g.guild.id)
         await conn.client(conn.generation).close()  # the socket goes away mid-reply
-        await g.wait_idle(10)
-        assert g.text.texts()[-1].startswith("⚠️ lost the connection to the TTS server")
-        async with asyncio.timeout(5):
-            while not conn.connected:
-                await asyncio.sleep(0.05)
+        await g.wait_idle(60)  # about 12 s of speech
+        job = g.session.last_job
+        assert job is not None and job.outcome == "done" and not any("⚠️" in t for t in g.text.texts())
+        segmenter = Segmenter()
+        assert [text for _, text in job.reply.segments] == segmenter.push(LONG) + segmenter.flush()
+        assert conn.connected and conn.generation == 2
         await _say_works(h, g)
         assert np.any(g.decoded().rms() > 0)
     finally:
         await backend.aclose()
+
+
+async def test_a_remote_tts_server_gone_mid_reply_is_reported(harness):
+    from bot.tts import RemoteTTS
+    from tests.bot.test_failover import Replicas
+
+    replicas = Replicas()
+    url = await replicas.start("only")
+    backend = RemoteTTS(url, connect_timeout_s=1.0, reconnect_max_s=1.0)
+    try:
+        h = await harness(backend, bot={"buffer_s": 1.0})
+        g = h.guild()
+        await h.invoke("say", g.ctx, text=LONG * 2)
+        await _speaking(g)
+        await replicas.crash("only")
+        await g.wait_idle(20)
+        assert g.text.texts()[-1].startswith(f"⚠️ lost the connection to the TTS server at {url}")
+    finally:
+        await backend.aclose()
+        await replicas.close()
 
 
 async def test_an_llm_connection_dropped_mid_reply_speaks_what_it_wrote_then_says_so(

@@ -106,6 +106,11 @@ async def test_each_step_advances_every_generating_stream_in_one_forward(
         assert np.abs(got - reference).max() <= 5 * rounding48
     generating = [sum(r.length == 1 for r in rows) for rows in forwards.calls]
     assert max(generating) == 3  # the three streams' tokens went through the same forwards
+    # /metrics saw it: one batch-size observation per step, some of them batches of three.
+    registry = pipeline.metrics.registry
+    steps = registry.get_sample_value("tts_batch_size_count")
+    assert steps is not None and steps >= 1
+    assert registry.get_sample_value("tts_batch_size_bucket", {"le": "2.0"}) < steps
     # 41 forwards per sentence (prompt, then one per token until [STOP]); served one at a
     # time that is 123. Batched, only the prompts' chunked prefill adds a few steps.
     assert len(forwards.calls) <= 41 + 6

@@ -72,6 +72,7 @@ ENDPOINTS = [
     ("POST", "/v1/audio/speech", {"input": "Hi.", "response_format": "wav"}),
     ("GET", "/v1/models", None),
     ("GET", "/v1/audio/voices", None),
+    ("GET", "/metrics", None),
 ]
 
 

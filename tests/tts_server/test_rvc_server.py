@@ -15,6 +15,7 @@ import soxr
 import websockets
 
 from testing import rvc_assets as ra
+from tts_server.app import PIPELINE
 from tts_server.config import RVCSettings
 from tts_server.engines.espeak import EspeakEngine
 from tts_server.voice_catalog import VoiceCatalog
@@ -128,8 +129,11 @@ def offline_reference(
 
 @pytest.mark.numerical
 async def test_stream_goes_through_rvc_and_leaves_at_48k(make_server, espeak, catalog):
-    base, _ = await make_server(espeak, voices=catalog)
+    base, app = await make_server(espeak, voices=catalog)
     audio, events = await speak_ws(base, TEXT)
+    registry = app[PIPELINE].metrics.registry
+    segments = [e for e in events if e.get("type") == "segment"]
+    assert segments and registry.get_sample_value("tts_rvc_conversions_total") == len(segments)
     reference = offline_reference(catalog, espeak, events)
     assert audio.shape == reference.shape
     np.testing.assert_allclose(audio, reference, atol=1e-5 * np.abs(reference).max())
@@ -171,10 +175,11 @@ async def test_unknown_voice_is_an_error_and_the_stream_goes_on(make_server, esp
 
 @pytest.mark.numerical
 async def test_a_broken_voice_file_is_refused_without_ending_the_stream(make_server, espeak, catalog, rvc_files):
-    base, _ = await make_server(espeak, voices=catalog)
+    base, app = await make_server(espeak, voices=catalog)
     audio, events = await speak_ws(base, TEXT, {"voice": "broken"})
     errors = [e["error"] for e in events if "error" in e]
     assert len(errors) == 1 and "broken.pth" in errors[0] and "refused" in errors[0]
+    assert app[PIPELINE].metrics.registry.get_sample_value("tts_errors_total", {"kind": "voice"}) == 1
     np.testing.assert_allclose(audio, offline_reference(catalog, espeak, events), atol=1e-5)  # the old voice
 
 
