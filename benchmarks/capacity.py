@@ -144,7 +144,15 @@ async def _bench_server(engine: Any, batching: bool, counts: list[int], replies:
 
     from tts_server import create_app, load_config
 
-    config = load_config(None, {"engine": {"warmup": True, "batching": batching}})
+    # Every client comes from 127.0.0.1: the per-client fair share must admit all of them.
+    most = max(counts)
+    config = load_config(
+        None,
+        {
+            "engine": {"warmup": True, "batching": batching},
+            "server": {"max_streams_per_client": most, "max_streams": max(most, 16)},
+        },
+    )
     server = TestServer(create_app(config, engine=engine), host="127.0.0.1", port=0)
     await server.start_server()
     url = str(server.make_url("/ws/stream")).replace("http", "ws", 1)

@@ -270,7 +270,11 @@ class _Session:
         Raises:
             UnknownVoice: no such voice, or its files are unusable.
         """
-        await asyncio.to_thread(self.load_voice, name)
+        try:
+            await asyncio.to_thread(self.load_voice, name)
+        except UnknownVoice:
+            self.stream.count_error("voice")
+            raise
         self.stream.set_voice(name)
 
     async def handle_text(self, data: str) -> None:
