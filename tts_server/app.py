@@ -34,9 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import logging
-import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
@@ -53,7 +51,6 @@ from .events import (
     OUTPUT_SAMPLE_RATE,
     Audio,
     Cancelled,
-    Flushed,
     PendingTextFull,
     PipelineBusy,
     StreamError,
@@ -61,6 +58,7 @@ from .events import (
 )
 from .guards import CLIENT, Guards, handler_args, json_error, warn_if_exposed
 from .protocol import PitchShift, ProtocolError, audio_frames, event_json, parse_message
+from .protocols.common import BadRequest, RawEncoder, read_json_body, stream_audio_body
 from .scheduler import Pipeline
 from .segmenter import estimated_speech_s
 from .service import build_pipeline
@@ -476,53 +474,6 @@ def encode_wav(audio: np.ndarray, sample_rate: int, fmt: str = "f32") -> bytes:
     return buf.getvalue()
 
 
-_UNKNOWN_SIZE = 0xFFFFFFFF
-
-
-def wav_stream_header(sample_rate: int, fmt: str = "f32") -> bytes:
-    """The header of a mono WAV whose length is not known yet (its sizes are ``0xFFFFFFFF``).
-
-    ``"f32"``: IEEE float (format 3, with the ``fact`` chunk it requires); ``"s16"``: 16-bit
-    PCM. Readers take the data up to the end of the body (scipy warns and reads it).
-    Layout from the RIFF WAVE specification (Microsoft, 1991; float in its 1994 update).
-    """
-    if fmt == "s16":
-        fmt_chunk = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
-        extra = b""
-    else:
-        fmt_chunk = struct.pack("<4sIHHIIHHH", b"fmt ", 18, 3, 1, sample_rate, sample_rate * 4, 4, 32, 0)
-        extra = struct.pack("<4sII", b"fact", 4, _UNKNOWN_SIZE)
-    return (
-        struct.pack("<4sI4s", b"RIFF", _UNKNOWN_SIZE, b"WAVE")
-        + fmt_chunk
-        + extra
-        + struct.pack("<4sI", b"data", _UNKNOWN_SIZE)
-    )
-
-
-def _pcm_bytes(pcm: np.ndarray, fmt: str) -> bytes:
-    if fmt == "s16":
-        return np.round(np.clip(pcm, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-    return pcm.astype("<f4", copy=False).tobytes()
-
-
-async def _next_event(stream: Stream, stopping: asyncio.Event) -> Any | None:
-    """The stream's next event, or ``None`` once the server stops and nothing more is queued."""
-    if stopping.is_set():
-        return await stream.get() if stream.pending_events else None
-    getter = asyncio.ensure_future(stream.get())
-    stopper = asyncio.ensure_future(stopping.wait())
-    try:
-        await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-        if not getter.done():
-            getter.cancel()
-    if getter.done() and not getter.cancelled():
-        return getter.result()
-    return await stream.get() if stream.pending_events else None
-
-
 async def api_speak(request: web.Request) -> web.StreamResponse:
     """``POST /api/speak`` ``{"text", "pitch_shift", "voice"}`` → ``audio/wav`` at 48 kHz, streamed.
 
@@ -536,21 +487,10 @@ async def api_speak(request: web.Request) -> web.StreamResponse:
     fmt = request.query.get("format", "f32")
     if fmt not in ("f32", "s16"):
         return json_error(400, f"format must be f32 or s16, got {fmt!r}")
-    if hdrs.CONTENT_TYPE in request.headers:
-        ctype = request.content_type
-        if ctype != "application/json" and not ctype.endswith("+json"):
-            return json_error(415, f"the body must be JSON (Content-Type: application/json), got {ctype!r}")
-    charset = (request.charset or "utf-8").lower()
-    if charset not in ("utf-8", "utf8"):
-        return json_error(415, f"the body must be UTF-8 (as JSON is), got charset={charset!r}")
     try:
-        raw = json.loads((await request.read()).decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        return json_error(400, f"the body is not valid UTF-8: {exc}")
-    except ValueError as exc:
-        return json_error(400, f"malformed JSON: {exc}")
-    except RecursionError:
-        return json_error(400, "malformed JSON: nested too deeply")
+        raw = await read_json_body(request)
+    except BadRequest as exc:
+        return json_error(exc.status, str(exc))
     try:
         body = msgspec.convert(raw, SpeakRequest)
     except msgspec.ValidationError as exc:
@@ -578,51 +518,18 @@ async def api_speak(request: web.Request) -> web.StreamResponse:
     try:
         await push_sliced(stream, text, body.pitch_shift)
         stream.flush()
-        return await _stream_wav(request, stream, fmt, settings)
+        return await stream_audio_body(
+            request,
+            stream,
+            RawEncoder(OUTPUT_SAMPLE_RATE, fmt, wav=True),
+            content_type="audio/wav",
+            max_speak_s=settings.max_speak_s,
+            idle_timeout_s=settings.idle_timeout_s,
+            stopping=app[STOPPING],
+            error=json_error,
+        )
     finally:
         stream.close()
-
-
-async def _stream_wav(request: web.Request, stream: Stream, fmt: str, settings: ServerSettings) -> web.StreamResponse:
-    """Write the stream's audio as a chunked WAV, until its ``Flushed``, ``max_speak_s`` or shutdown."""
-    client = request[CLIENT]
-    stopping = request.app[STOPPING]
-    limit = int(settings.max_speak_s * OUTPUT_SAMPLE_RATE)
-    written = 0
-    response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "audio/wav"})
-    response.enable_chunked_encoding()
-    try:
-        while written < limit:
-            event = await _next_event(stream, stopping)
-            if event is None or isinstance(event, Flushed):
-                break
-            if isinstance(event, StreamError):
-                if not response.prepared:
-                    return json_error(500, f"synthesis failed: {event.message}")
-                log.warning("/api/speak for %s: %s (the audio ends here)", client.label, event.message)
-                break
-            if not isinstance(event, Audio):
-                continue
-            if not response.prepared:  # the status is sent with the first audio: errors before it are JSON
-                await response.prepare(request)
-                await response.write(wav_stream_header(OUTPUT_SAMPLE_RATE, fmt))
-            pcm = event.pcm[: limit - written]
-            written += pcm.size
-            async with asyncio.timeout(settings.idle_timeout_s):
-                await response.write(_pcm_bytes(pcm, fmt))
-        if written >= limit:
-            log.info("/api/speak for %s stopped at max_speak_s (%g s)", client.label, settings.max_speak_s)
-        if not response.prepared:  # nothing speakable in the text: an empty WAV
-            await response.prepare(request)
-            await response.write(wav_stream_header(OUTPUT_SAMPLE_RATE, fmt))
-        await response.write_eof()
-    except TimeoutError:
-        log.info("/api/speak for %s: the client stopped reading; dropped", client.label)
-        if request.transport is not None:
-            request.transport.abort()
-    except ConnectionError:
-        log.info("/api/speak for %s: the client disconnected", client.label)
-    return response
 
 
 async def health(request: web.Request) -> web.Response:

@@ -8,14 +8,20 @@ with one log line per such name, so a client never fails on its voice setting.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from typing import Any
+import struct
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 from aiohttp import hdrs, web
 
 from ..config import VoicesSettings
+from ..events import Audio, Flushed, StreamError
+from ..guards import CLIENT
+from ..stream import Stream
 from ..voice_stage import VoiceProvider
 
 log = logging.getLogger(__name__)
@@ -75,6 +81,149 @@ def install(app: web.Application, settings: VoicesSettings) -> None:
 def int16_bytes(pcm: np.ndarray) -> bytes:
     """``(N,)`` float32 in [-1, 1] → little-endian 16-bit PCM (clipped, rounded), ``2 N`` bytes."""
     return np.round(np.clip(pcm, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+def pcm_bytes(pcm: np.ndarray, fmt: str) -> bytes:
+    """``(N,)`` float32 → little-endian samples: ``"s16"`` (:func:`int16_bytes`) or ``"f32"`` (IEEE float)."""
+    return int16_bytes(pcm) if fmt == "s16" else pcm.astype("<f4", copy=False).tobytes()
+
+
+_UNKNOWN_SIZE = 0xFFFFFFFF
+
+
+def wav_stream_header(sample_rate: int, fmt: str = "f32") -> bytes:
+    """The header of a mono WAV whose length is not known yet (its sizes are ``0xFFFFFFFF``).
+
+    ``"f32"``: IEEE float (format 3, with the ``fact`` chunk it requires); ``"s16"``: 16-bit
+    PCM. Readers take the data up to the end of the body (scipy warns and reads it).
+    Layout from the RIFF WAVE specification (Microsoft, 1991; float in its 1994 update).
+    """
+    if fmt == "s16":
+        fmt_chunk = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+        extra = b""
+    else:
+        fmt_chunk = struct.pack("<4sIHHIIHHH", b"fmt ", 18, 3, 1, sample_rate, sample_rate * 4, 4, 32, 0)
+        extra = struct.pack("<4sII", b"fact", 4, _UNKNOWN_SIZE)
+    return (
+        struct.pack("<4sI4s", b"RIFF", _UNKNOWN_SIZE, b"WAVE")
+        + fmt_chunk
+        + extra
+        + struct.pack("<4sI", b"data", _UNKNOWN_SIZE)
+    )
+
+
+class Encoder(Protocol):
+    """Float32 mono audio in, the response's bytes out, chunk by chunk."""
+
+    #: ``encode``/``finish`` cost enough to run in a worker thread (FFmpeg), not on the loop.
+    blocking: bool
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        """Encode the next ``(N,)`` float32 chunk; returns the bytes ready (may be empty)."""
+        ...
+
+    def finish(self) -> bytes:
+        """End of the audio: the bytes still held."""
+        ...
+
+
+class RawEncoder:
+    """Raw little-endian samples (``fmt`` ``"s16"`` or ``"f32"``), after a streaming WAV header if ``wav``."""
+
+    blocking = False
+
+    def __init__(self, sample_rate: int, fmt: str = "s16", *, wav: bool) -> None:
+        self.fmt = fmt
+        self._header = wav_stream_header(sample_rate, fmt) if wav else b""
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        header, self._header = self._header, b""
+        return header + pcm_bytes(pcm, self.fmt)
+
+    def finish(self) -> bytes:
+        header, self._header = self._header, b""
+        return header  # an empty WAV is still a WAV
+
+
+async def next_event(stream: Stream, stopping: asyncio.Event) -> Any | None:
+    """The stream's next event, or ``None`` once the server stops and nothing more is queued."""
+    if stopping.is_set():
+        return await stream.get() if stream.pending_events else None
+    getter = asyncio.ensure_future(stream.get())
+    stopper = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not getter.done():
+            getter.cancel()
+    if getter.done() and not getter.cancelled():
+        return getter.result()
+    return await stream.get() if stream.pending_events else None
+
+
+async def stream_audio_body(
+    request: web.Request,
+    stream: Stream,
+    encoder: Encoder,
+    *,
+    content_type: str,
+    max_speak_s: float,
+    idle_timeout_s: float,
+    stopping: asyncio.Event,
+    error: Callable[[int, str], web.Response],
+) -> web.StreamResponse:
+    """Write a flushed stream's audio as a chunked HTTP body, until its ``Flushed``,
+    ``max_speak_s`` of audio (at the stream's sample rate) or shutdown.
+
+    The status goes out with the first audio, so a synthesis error before it is answered
+    with ``error(500, message)``; after it the body just ends. A client that stops reading
+    for ``idle_timeout_s`` is dropped; one that disconnects is logged at INFO.
+    """
+    client = request[CLIENT]
+    where = f"{request.path} for {client.label}"
+    limit = int(max_speak_s * stream.sample_rate)
+    written = 0
+
+    async def encode(pcm: np.ndarray | None) -> bytes:
+        call = encoder.finish if pcm is None else (lambda: encoder.encode(pcm))
+        return await asyncio.to_thread(call) if encoder.blocking else call()
+
+    response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type})
+    response.enable_chunked_encoding()
+    try:
+        while written < limit:
+            event = await next_event(stream, stopping)
+            if event is None or isinstance(event, Flushed):
+                break
+            if isinstance(event, StreamError):
+                if not response.prepared:
+                    return error(500, f"synthesis failed: {event.message}")
+                log.warning("%s: %s (the audio ends here)", where, event.message)
+                break
+            if not isinstance(event, Audio):
+                continue
+            pcm = event.pcm[: limit - written]
+            written += pcm.size
+            data = await encode(pcm)
+            if not response.prepared:
+                await response.prepare(request)
+            if data:
+                async with asyncio.timeout(idle_timeout_s):
+                    await response.write(data)
+        if written >= limit:
+            log.info("%s stopped at max_speak_s (%g s)", where, max_speak_s)
+        if not response.prepared:  # nothing speakable in the text: an empty body (or WAV)
+            await response.prepare(request)
+        await response.write(await encode(None))
+        await response.write_eof()
+    except TimeoutError:
+        log.info("%s: the client stopped reading; dropped", where)
+        if request.transport is not None:
+            request.transport.abort()
+    except ConnectionError:
+        log.info("%s: the client disconnected", where)
+    return response
 
 
 class BadRequest(Exception):

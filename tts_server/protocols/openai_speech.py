@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
 import av
 import msgspec
 import numpy as np
-from aiohttp import hdrs, web
+from aiohttp import web
 
-from ..app import CONFIG, PIPELINE, STOPPING, _next_event, estimate_speech_s, push_sliced, wav_stream_header
-from ..events import Audio, Flushed, PipelineBusy, StreamError, UnknownVoice
-from ..guards import CLIENT
-from ..stream import Stream
-from .common import VOICE_NAMES, BadRequest, install, int16_bytes, read_json_body
+from ..app import CONFIG, PIPELINE, STOPPING, estimate_speech_s, push_sliced
+from ..events import PipelineBusy, UnknownVoice
+from .common import VOICE_NAMES, BadRequest, Encoder, RawEncoder, install, read_json_body, stream_audio_body
 
 log = logging.getLogger(__name__)
 
@@ -78,33 +76,6 @@ class SpeechRequest(msgspec.Struct):
     stream_format: Literal["audio", "sse"] = "audio"
 
 
-class Encoder(Protocol):
-    """Float32 mono audio in, the response's bytes out, chunk by chunk."""
-
-    def encode(self, pcm: np.ndarray) -> bytes:
-        """Encode the next ``(N,)`` float32 chunk; returns the bytes ready (may be empty)."""
-        ...
-
-    def finish(self) -> bytes:
-        """End of the audio: the bytes still held."""
-        ...
-
-
-class RawEncoder:
-    """``pcm`` (raw 16-bit little-endian) or ``wav`` (the same after a streaming WAV header)."""
-
-    def __init__(self, sample_rate: int, wav: bool) -> None:
-        self._header = wav_stream_header(sample_rate, "s16") if wav else b""
-
-    def encode(self, pcm: np.ndarray) -> bytes:
-        header, self._header = self._header, b""
-        return header + int16_bytes(pcm)
-
-    def finish(self) -> bytes:
-        header, self._header = self._header, b""
-        return header  # an empty WAV is still a WAV
-
-
 class _Sink:
     """A write-only file for PyAV's muxer: collects what it writes until taken."""
 
@@ -130,6 +101,9 @@ class AVEncoder:
         fmt: one of :data:`CODECS`.
         sample_rate: Hz of the input, and of the encoded stream (no conversion).
     """
+
+    #: FFmpeg's encoders cost up to ~0.4 ms per 1000 samples (mp3, measured): a thread's job.
+    blocking = True
 
     def __init__(self, fmt: str, sample_rate: int) -> None:
         container, codec = CODECS[fmt]
@@ -161,7 +135,7 @@ class AVEncoder:
 def make_encoder(fmt: str, sample_rate: int = SAMPLE_RATE) -> Encoder:
     """The encoder of ``response_format`` ``fmt``."""
     if fmt in ("pcm", "wav"):
-        return RawEncoder(sample_rate, wav=fmt == "wav")
+        return RawEncoder(sample_rate, "s16", wav=fmt == "wav")
     return AVEncoder(fmt, sample_rate)
 
 
@@ -214,56 +188,19 @@ async def create_speech(request: web.Request) -> web.StreamResponse:
     try:
         await push_sliced(stream, text)
         stream.flush()
-        return await _stream_body(request, stream, body.response_format)
+        settings = request.app[CONFIG].server
+        return await stream_audio_body(
+            request,
+            stream,
+            make_encoder(body.response_format),
+            content_type=CONTENT_TYPES[body.response_format],
+            max_speak_s=settings.max_speak_s,
+            idle_timeout_s=settings.idle_timeout_s,
+            stopping=request.app[STOPPING],
+            error=openai_error,
+        )
     finally:
         stream.close()
-
-
-async def _stream_body(request: web.Request, stream: Stream, fmt: str) -> web.StreamResponse:
-    """Write the stream's audio, encoded as ``fmt``, until its ``Flushed``, ``max_speak_s`` or shutdown."""
-    settings = request.app[CONFIG].server
-    client = request[CLIENT]
-    stopping = request.app[STOPPING]
-    limit = int(settings.max_speak_s * SAMPLE_RATE)
-    written = 0
-    encoder = make_encoder(fmt)
-    off_loop = isinstance(encoder, AVEncoder)
-    response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: CONTENT_TYPES[fmt]})
-    response.enable_chunked_encoding()
-    try:
-        while written < limit:
-            event = await _next_event(stream, stopping)
-            if event is None or isinstance(event, Flushed):
-                break
-            if isinstance(event, StreamError):
-                if not response.prepared:
-                    return openai_error(500, f"synthesis failed: {event.message}")
-                log.warning("/v1/audio/speech for %s: %s (the audio ends here)", client.label, event.message)
-                break
-            if not isinstance(event, Audio):
-                continue
-            pcm = event.pcm[: limit - written]
-            written += pcm.size
-            # FFmpeg's encoders cost up to ~0.4 ms per 1000 samples (mp3, measured): a thread's job.
-            data = await asyncio.to_thread(encoder.encode, pcm) if off_loop else encoder.encode(pcm)
-            if not response.prepared:  # the status goes with the first audio: errors before it are JSON
-                await response.prepare(request)
-            if data:
-                async with asyncio.timeout(settings.idle_timeout_s):
-                    await response.write(data)
-        if written >= limit:
-            log.info("/v1/audio/speech for %s stopped at max_speak_s (%g s)", client.label, settings.max_speak_s)
-        if not response.prepared:
-            await response.prepare(request)
-        await response.write(await asyncio.to_thread(encoder.finish) if off_loop else encoder.finish())
-        await response.write_eof()
-    except TimeoutError:
-        log.info("/v1/audio/speech for %s: the client stopped reading; dropped", client.label)
-        if request.transport is not None:
-            request.transport.abort()
-    except ConnectionError:
-        log.info("/v1/audio/speech for %s: the client disconnected", client.label)
-    return response
 
 
 async def list_models(request: web.Request) -> web.Response:
