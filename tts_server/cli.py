@@ -160,9 +160,9 @@ async def say(text: str, url: str, pitch_shift: float = 0.0, timeout_s: float = 
 def say_command(args: argparse.Namespace) -> int:
     import aiohttp
 
-    from .app import encode_wav
     from .client import API_KEY_ENV
     from .events import OUTPUT_SAMPLE_RATE
+    from .transport import encode_wav
 
     try:
         audio, ttfa = asyncio.run(say(args.text, args.url, args.pitch_shift, args.timeout, args.wait))

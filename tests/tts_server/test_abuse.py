@@ -24,9 +24,10 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.tts_server.test_server import read_streamed_wav
-from tts_server.app import PIPELINE, _Session, create_app
+from tts_server.app import PIPELINE, create_app
 from tts_server.config import load_config
 from tts_server.engines.espeak import EspeakEngine
+from tts_server.transport import Session
 
 #: Generous bounds (see the module docstring).
 BYSTANDER_TTFA_BOUND_S = 1.0
@@ -334,7 +335,7 @@ async def test_a_client_that_does_not_read_its_audio_is_closed_with_1008():
     try:
         stream = pipeline.open_stream()
         socket = Stalled()
-        session = _Session(socket, stream, 10_000, idle_timeout_s=0.4, load_voice=pipeline.preload_voice)
+        session = Session(socket, stream, 10_000, idle_timeout_s=0.4, load_voice=pipeline.preload_voice)
         stream.push("Audio nobody takes.")
         stream.flush()
         sender = asyncio.create_task(session.send_events())

@@ -448,9 +448,9 @@ async def test_pitch_shift_is_carried_to_the_voice_stage(make_server, soprano_en
 async def test_a_cancel_stops_the_rest_of_a_multi_frame_chunk(soprano_dir):
     """Audio events longer than one frame are cut short by a cancel between their frames."""
     from tts_server import Pipeline
-    from tts_server.app import _Session
     from tts_server.engines.soprano import SopranoEngine
     from tts_server.protocol import MAX_FRAME_SAMPLES
+    from tts_server.transport import Session
 
     engine = SopranoEngine(soprano_dir, device="cpu", chunk_tokens=16)  # events of up to 4 frames
     pipeline = Pipeline(engine)
@@ -475,7 +475,7 @@ async def test_a_cancel_stops_the_rest_of_a_multi_frame_chunk(soprano_dir):
             async def send_str(self, data: str) -> None:
                 pass
 
-        session = _Session(CancellingSocket(), stream, 10_000, load_voice=pipeline.preload_voice)
+        session = Session(CancellingSocket(), stream, 10_000, load_voice=pipeline.preload_voice)
         stream.push("A sentence long enough to give a chunk of several frames.")
         stream.flush()
         sender = asyncio.create_task(session.send_events())

@@ -30,8 +30,8 @@ from typing import Annotated, Any
 import msgspec
 from aiohttp import web
 
-from ..app import CONFIG, INLINE_TEXT_CHARS, PIPELINE, _Session, push_sliced, serve_websocket
 from ..events import Audio, Flushed, PendingTextFull, StreamError, UnknownVoice
+from ..transport import CONFIG, INLINE_TEXT_CHARS, PIPELINE, Session, push_sliced, serve_websocket
 from .common import VOICE_NAMES, install, int16_bytes
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class LiveInit(msgspec.Struct):
     speed: Speed = 1.0
 
 
-class LiveSession(_Session):
+class LiveSession(Session):
     """One ``/ws/tts/live`` client (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -44,8 +44,8 @@ import msgspec
 import numpy as np
 from aiohttp import web
 
-from ..app import CONFIG, INLINE_TEXT_CHARS, PIPELINE, _Session, encode_wav, push_sliced, serve_websocket
 from ..events import Audio, Flushed, PendingTextFull, SegmentDone, StreamError, UnknownVoice
+from ..transport import CONFIG, INLINE_TEXT_CHARS, PIPELINE, Session, encode_wav, push_sliced, serve_websocket
 from .common import VOICE_NAMES, install
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class _Job:
     ended: bool = False  # stream_end received (one-shot: at once)
 
 
-class KokoroxSession(_Session):
+class KokoroxSession(Session):
     """One kokorox client (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

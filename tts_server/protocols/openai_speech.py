@@ -28,8 +28,8 @@ import msgspec
 import numpy as np
 from aiohttp import web
 
-from ..app import CONFIG, PIPELINE, STOPPING, estimate_speech_s, push_sliced
 from ..events import PipelineBusy, UnknownVoice
+from ..transport import CONFIG, PIPELINE, STOPPING, estimate_speech_s, push_sliced
 from .common import VOICE_NAMES, BadRequest, Encoder, RawEncoder, install, read_json_body, stream_audio_body
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ import msgspec
 import numpy as np
 from aiohttp import web
 
-from ..app import CONFIG, INLINE_TEXT_CHARS, PIPELINE, _Session, push_sliced, serve_websocket
 from ..events import Audio, Flushed, PendingTextFull, StreamError, UnknownVoice
+from ..transport import CONFIG, INLINE_TEXT_CHARS, PIPELINE, Session, push_sliced, serve_websocket
 from .common import VOICE_NAMES, install, int16_bytes
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class SynthesizeMessage(msgspec.Struct):
     voice: str | None = None
 
 
-class SopranoSession(_Session):
+class SopranoSession(Session):
     """One ``/ws/tts`` client (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
