@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32, help="audio tokens (64 ms) per sentence")
     parser.add_argument("--token-interval-ms", type=float, default=25.0, help="time between LLM tokens")
     parser.add_argument("--start-buffer-ms", type=float, default=200.0, help="audio a client buffers before playing")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the server's default)")
     parser.add_argument("--no-reference", action="store_true", help="skip soprano-tts infer_stream (slow)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     args = parser.parse_args(argv)
@@ -244,9 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tts_server.engines.soprano import SopranoEngine
+    from tts_server.service import inference_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(inference_threads(args.threads))
     counts = [int(n) for n in args.clients.split(",")]
     replies = _replies(max(counts), args.sentences)
     interval_s = args.token_interval_ms / 1000

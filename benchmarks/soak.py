@@ -437,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", default="", help="comma-separated noisy clients to run (default: all)")
     parser.add_argument("--pause-s", type=float, default=0.5, help="pause between two actions of a noisy client")
     parser.add_argument("--idle-timeout-s", type=float, default=10.0, help="the server's idle_timeout_s")
+    parser.add_argument("--gil-switch-interval-ms", type=float, default=1.0, help="the server's gil_switch_interval_ms")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     parser.add_argument("--noise-only", metavar="URL", help=argparse.SUPPRESS)  # the child process of `run`
     args = parser.parse_args(argv)
@@ -450,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         config.write_text(
             f'[engine]\nname = "{args.engine}"\n'
             f"[server]\nidle_timeout_s = {args.idle_timeout_s}\nrequest_timeout_s = 5.0\n"
+            f"gil_switch_interval_ms = {args.gil_switch_interval_ms}\n"
         )
         log_path = Path(tmp) / "server.log"
         with log_path.open("w") as log:

@@ -87,6 +87,10 @@ def serve(args: argparse.Namespace) -> int:
         print(f"tts-server: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.server.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The event loop and the inference thread share the GIL. Every socket call of the loop
+    # gives it up, and then waits for the inference thread's next switch to get it back:
+    # up to 5 ms each by default, so a busy server answered its clients in convoys.
+    sys.setswitchinterval(config.server.gil_switch_interval_ms / 1000)
     app = create_app(config)
     app.on_startup.append(_freeze_startup_objects)
     try:

@@ -73,6 +73,7 @@ class ServerSettings(_Section):
     allowed_hosts: list[str] = msgspec.field(default_factory=list)
     metrics_public: bool = False
     agent_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    gil_switch_interval_ms: Annotated[float, msgspec.Meta(ge=0.1, le=100)] = 1.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     def __repr__(self) -> str:

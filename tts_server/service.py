@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from .config import Config
@@ -18,6 +19,24 @@ def segmenter_factory(config: Config) -> Callable[[], Segmenter]:
     return lambda: Segmenter(
         max_chars=s.max_chars, min_clause_chars=s.min_clause_chars, newline_breaks=s.newline_breaks
     )
+
+
+def inference_threads(setting: int = 0) -> int:
+    """Torch threads for inference on CPU: ``setting``, or for 0 all usable cores but one.
+
+    The inference thread shares the machine with the event loop (every client's socket),
+    the resampler and the voice stage. With torch on every core its threads were
+    preempted by the loop mid-operation: on 2 cores, 2 threads made a Soprano step of
+    four streams 1.6× slower than 1 thread and the time to first audio of one stream
+    2-4× longer (``python -m benchmarks.capacity --threads 2`` against ``--threads 1``).
+    """
+    if setting:
+        return setting
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may use (containers)
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 def build_pipeline(
@@ -40,10 +59,10 @@ def build_pipeline(
         EngineLoadError: an engine file is missing or corrupt (the message names it).
         rvc.VoiceFileError: a configured RVC file is missing or unusable (named).
     """
-    if config.engine.threads:
+    if config.engine.threads or engine is None:  # a given engine's owner chose its threads
         import torch
 
-        torch.set_num_threads(config.engine.threads)
+        torch.set_num_threads(inference_threads(config.engine.threads))
     engine = engine or load_engine(config)
     if voices is None:
         catalog = VoiceCatalog(config.rvc, engine.sample_rate, engine.device)

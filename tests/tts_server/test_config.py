@@ -74,3 +74,17 @@ def test_one_file_serves_each_schema_its_own_sections(tmp_path):
     path.write_text("[server]\nport = 9001\n[bot]\nanything_the_bot_checks = 1\n")
     file = ConfigFile.read(path)
     assert file.load(Config).server.port == 9001  # the bot's section is not the server's to judge
+
+
+def test_inference_threads_leave_a_core_to_the_event_loop(monkeypatch):
+    import os
+
+    from tts_server.service import inference_threads
+
+    assert inference_threads(3) == 3  # a setting is taken as it is
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert inference_threads(0) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert inference_threads(0) == 1  # never none
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert inference_threads(0) == 15

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import re
 import threading
 from collections.abc import Iterator
 
@@ -25,6 +26,12 @@ _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _PARAM_RATE = 1
 _PARAM_PITCH = 3
+#: Longest text given to espeak-ng in one call. A call cannot be interrupted and holds the
+#: one inference thread (about 7 ms per 100 characters here): a 400-character segment took
+#: 30 ms, during which no other stream got its first audio. Longer segments are spoken
+#: clause by clause (see :func:`clauses`).
+MAX_CALL_CHARS = 100
+_CLAUSE_END = re.compile(r"[,;:.!?]\s")
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
@@ -93,6 +100,42 @@ class _Library:
         return np.concatenate(chunks).astype(np.float32) / 32768.0
 
 
+def clauses(text: str, max_chars: int = MAX_CALL_CHARS) -> Iterator[tuple[str, str]]:
+    """Cut ``text`` into pieces of at most ``max_chars`` characters for separate espeak-ng calls.
+
+    espeak-ng speaks a text clause by clause (its intonation is per clause), so a cut
+    after a clause's or sentence's mark changes little but the pause after it, which the
+    caller adds back. Without such a mark in reach the cut is at the last
+    white space, and without white space at ``max_chars``. Linear in ``len(text)``.
+
+    Yields:
+        ``(piece, mark)``: the piece (stripped), and the punctuation it ends with when
+        the cut is after a clause mark (one of ``,;:.!?``), else ``""``.
+    """
+    pieces: list[tuple[str, str]] = []  # at most one held back: the last piece gets no pause
+    start = 0
+    while len(text) - start > max_chars:
+        window = text[start : start + max_chars + 1]
+        cut = -1
+        for match in _CLAUSE_END.finditer(window):
+            cut = match.start() + 1
+        mark = window[cut - 1] if cut > 0 else ""
+        if cut <= 0:
+            space = window.rfind(" ")
+            cut = space if space > 0 else max_chars
+        if window[:cut].strip():
+            if pieces:
+                yield pieces.pop()
+            pieces.append((window[:cut].strip(), mark))
+        start += cut
+    if text[start:].strip():
+        if pieces:
+            yield pieces.pop()
+        pieces.append((text[start:].strip(), ""))
+    if pieces:
+        yield pieces[0][0], ""
+
+
 def _locate() -> tuple[str, str | None]:
     """Return (library path, data directory) from espeakng-loader, else the system library."""
     try:
@@ -147,9 +190,21 @@ class EspeakEngine:
         self.sample_rate = self._lib.sample_rate
         self._chunk = max(1, self.sample_rate * chunk_ms // 1000)
         self._lib.synthesize("", voice, rate_wpm, pitch)  # validates the voice name now, not mid-stream
+        self._pauses = {mark: self._pause_after(mark) for mark in ",;:.!?"}
+
+    def _pause_after(self, mark: str) -> np.ndarray:
+        """The silence espeak-ng puts after ``mark`` inside a text (it puts none at the end of one)."""
+        synth = self._lib.synthesize
+        args = (self.voice, self.rate_wpm, self.pitch)
+        samples = len(synth(f"One{mark} Two", *args)) - len(synth(f"One{mark}", *args)) - len(synth("Two", *args))
+        return np.zeros(max(0, samples), dtype=np.float32)
 
     def synthesize(self, text: str) -> Iterator[np.ndarray]:
-        """See :meth:`TTSEngine.synthesize`."""
-        audio = self._lib.synthesize(text, self.voice, self.rate_wpm, self.pitch)
-        for start in range(0, len(audio), self._chunk):
-            yield audio[start : start + self._chunk]
+        """See :meth:`TTSEngine.synthesize`; text over :data:`MAX_CALL_CHARS` is spoken in :func:`clauses`."""
+        pieces = clauses(text) if len(text) > MAX_CALL_CHARS else iter([(text, "")])
+        for piece, mark in pieces:
+            audio = self._lib.synthesize(piece, self.voice, self.rate_wpm, self.pitch)
+            if mark:
+                audio = np.concatenate([audio, self._pauses[mark]])
+            for start in range(0, len(audio), self._chunk):
+                yield audio[start : start + self._chunk]
