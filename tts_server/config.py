@@ -96,6 +96,7 @@ class EngineSettings(_Section):
     max_batch: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
     prefill_chunk_tokens: Annotated[int, msgspec.Meta(ge=1, le=512)] = 32
     segments_ahead: Annotated[int, msgspec.Meta(ge=0, le=64)] = 2
+    overlap: bool = True
 
 
 class SopranoSettings(_Section):

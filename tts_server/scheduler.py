@@ -25,8 +25,10 @@ vLLM's scheduler does it. Each step:
    tokens shared by those joining (chunked prefill: a long prompt takes several steps
    and never stalls the others for more than one), then by speculative prefills of
    sentences still being written (only into free slots);
-4. the decoder runs once (:meth:`BatchedEngine.decode`) for every stream whose listener
-   needs audio (its first audio, its last, or a chunk as long as its lead allows:
+4. meanwhile (on this thread, while the model call of step 3 runs on a second one, so
+   that the two use two cores) the decoder runs once (:meth:`BatchedEngine.decode`) on
+   the latents of the steps before, for every stream whose listener needs audio (its
+   first audio, its last, or a chunk as long as its lead allows:
    :func:`~tts_server.engines.base.chunk_target_samples`), and for the others with at
    least a token's audio ready (sharing the decoder's fixed cost);
 5. each stream takes its audio through its voice stage and resampler
@@ -51,6 +53,7 @@ when it completes only its last tokens remain to be computed before generation s
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import threading
@@ -120,6 +123,9 @@ class Pipeline:
             sentences first, then speculative prefills).
         segments_ahead: batched mode: segments of a stream whose text is complete that
             may be generated while an earlier one is still being spoken (in free KV slots).
+        overlap: batched mode: run each step's model call on a thread of its own while
+            the inference thread decodes and renders the previous steps' audio (two cores
+            at work instead of one; ``False``: one after the other).
 
     Attributes:
         batched: True when the streams are served by continuous batching.
@@ -139,6 +145,7 @@ class Pipeline:
         batching: bool = True,
         prefill_chunk_tokens: int = 32,
         segments_ahead: int = 2,
+        overlap: bool = True,
     ) -> None:
         if prefill_chunk_tokens < 1:
             raise ValueError(f"prefill_chunk_tokens must be at least 1, got {prefill_chunk_tokens}")
@@ -161,6 +168,8 @@ class Pipeline:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._overlap = overlap and self._batch_engine is not None
+        self._backbone: concurrent.futures.ThreadPoolExecutor | None = None
         self.metrics = Metrics(self)
 
     # -- what streams ask of it (StreamHost) ------------------------------------------------
@@ -366,6 +375,16 @@ class Pipeline:
     # -- continuous batching ------------------------------------------------------------------
 
     def _run_batched(self, engine: BatchedEngine) -> None:
+        if self._overlap:
+            self._backbone = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tts-backbone")
+        try:
+            self._loop_batched(engine)
+        finally:
+            if self._backbone is not None:
+                self._backbone.shutdown(wait=True)
+                self._backbone = None
+
+    def _loop_batched(self, engine: BatchedEngine) -> None:
         while True:
             with self._cond:
                 while True:
@@ -407,20 +426,37 @@ class Pipeline:
                 log.exception("stream %d: prepare failed", stream.id)
         deadlines = {stream.id: stream.deadline() for stream in streams}
         rows = self._assemble(engine, streams, deadlines)
-        progressed = False
-        if rows:
-            self.metrics.batch_size.observe(len(rows))
+        if not rows:
+            return self._decode(engine, streams, deadlines)
+        self.metrics.batch_size.observe(len(rows))
+        failed: list[tuple[_Row, BaseException]] = []  # handled here, after the call: not on two threads
+
+        def model_call() -> tuple[list[tuple[list[_Row], None]], float]:
+            import torch
+
             started = time.perf_counter()
-            done = self._run_split(
-                lambda part: engine.step([(r.sequence, r.budget) for r in part]), rows, self._fail_row
-            )
-            cost = (time.perf_counter() - started) / max(1, len(rows))
-            for part, _ in done:
-                for row in part:
-                    row.stream.step_cost_s += cost
-            progressed = True
-        progressed |= self._decode(engine, streams, deadlines)
-        return progressed
+            with torch.inference_mode():  # thread-local: the backbone's thread enters it too
+                done = self._run_split(
+                    lambda part: engine.step([(r.sequence, r.budget) for r in part]),
+                    rows,
+                    lambda row, exc: failed.append((row, exc)),
+                )
+            return done, time.perf_counter() - started
+
+        if self._backbone is not None:
+            call = self._backbone.submit(model_call)
+            self._decode(engine, streams, deadlines)  # the previous steps' audio, meanwhile
+            done, elapsed = call.result()
+        else:
+            done, elapsed = model_call()
+            self._decode(engine, streams, deadlines)
+        for row, exc in failed:
+            self._fail_row(row, exc)
+        cost = elapsed / max(1, len(rows))
+        for part, _ in done:
+            for row in part:
+                row.stream.step_cost_s += cost
+        return True
 
     def _assemble(self, engine: BatchedEngine, streams: list[Stream], deadlines: dict[int, float | None]) -> list[_Row]:
         """Choose this step's batch: slots by earliest deadline, then the prompt-token budget.

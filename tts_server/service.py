@@ -78,6 +78,7 @@ def build_pipeline(
         batching=config.engine.batching,
         prefill_chunk_tokens=config.engine.prefill_chunk_tokens,
         segments_ahead=config.engine.segments_ahead,
+        overlap=config.engine.overlap,
     )
     pipeline.start()
     return pipeline

@@ -173,6 +173,12 @@ class BatchedEngine(TTSEngine, Protocol):
     sequence, so the scheduler may retry a part of the batch (:class:`BatchOutOfMemory`:
     split it; any other exception: find the sequence that fails).
 
+    Concurrency: :meth:`decode` (with :meth:`evict` and :meth:`release`) may run on one
+    thread while :meth:`step` runs on another, so that the decoder of step *k*'s audio
+    and the backbone of step *k + 1* use two cores. ``decode`` takes each sequence's
+    latents as they are when it starts; those a concurrent ``step`` adds are left for
+    the next call. Slot bookkeeping must be safe across the two threads.
+
     Attributes:
         max_batch: KV-cache slots: sequences that can be resident (and run) at once.
         min_chunk_samples, max_chunk_samples: bounds of a decoded chunk once a stream's

@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
@@ -310,6 +311,7 @@ class SopranoEngine:
                 )
         self.decoder_dtype = _precision(decoder_dtype, ("float32", "bfloat16"), "decoder_dtype")
         self._free: list[int] = list(range(max_batch))
+        self._slots = threading.RLock()  # _free and _holders: step and decode may run on two threads
         self._holders: dict[int, weakref.ref[SopranoSequence]] = {}
         self._load()
 
@@ -382,16 +384,18 @@ class SopranoEngine:
     @property
     def free_slots(self) -> int:
         """KV-cache slots not held by any sequence."""
-        self._reclaim()
-        return len(self._free)
+        with self._slots:
+            self._reclaim()
+            return len(self._free)
 
     def _reclaim(self) -> None:
         """Free the slots of sequences nobody holds any more (a handle dropped without :meth:`release`)."""
-        for slot, ref in list(self._holders.items()):
-            if ref() is None:
-                del self._holders[slot]
-                self._free.append(slot)
-        self._free.sort()
+        with self._slots:
+            for slot, ref in list(self._holders.items()):
+                if ref() is None:
+                    del self._holders[slot]
+                    self._free.append(slot)
+            self._free.sort()
 
     def start(self, text: str, prefill: EngineSequence | None = None) -> SopranoSequence:
         """A sequence for the complete segment ``text`` (see :meth:`BatchedEngine.start`).
@@ -455,15 +459,16 @@ class SopranoEngine:
         for seq, count in zip(seqs, counts, strict=True):
             if seq.finished or seq.released or count < 1:
                 raise ValueError("a finished or released sequence, or one with nothing to run, was stepped")
-        for seq in seqs:
-            if seq.slot is None:
-                if not self._free:
-                    self._reclaim()
-                if not self._free:
-                    raise RuntimeError(f"all {self.max_batch} KV-cache slots are in use")
-                seq.slot = self._free.pop(0)
-                self._holders[seq.slot] = weakref.ref(seq)
-                seq.computed = 0
+        with self._slots:
+            for seq in seqs:
+                if seq.slot is None:
+                    if not self._free:
+                        self._reclaim()
+                    if not self._free:
+                        raise RuntimeError(f"all {self.max_batch} KV-cache slots are in use")
+                    seq.slot = self._free.pop(0)
+                    self._holders[seq.slot] = weakref.ref(seq)
+                    seq.computed = 0
         ids = [tok for seq, n in zip(seqs, counts, strict=True) for tok in seq.ids[seq.computed : seq.computed + n]]
         batch_rows = [Row(_slot(seq), seq.computed, n) for seq, n in zip(seqs, counts, strict=True)]
         now = time.monotonic()
@@ -493,6 +498,9 @@ class SopranoEngine:
             if token == self.stop_id or seq.latents >= seq.limit:
                 seq.finished = True
                 self.evict(seq)  # its KV cache is no longer needed: the slot is free for others
+        for seq in seqs:
+            if seq.released:  # released by the other thread while this step ran
+                self.evict(seq)
 
     def decode(self, sequences: Sequence[EngineSequence]) -> list[np.ndarray]:
         """Decode what each sequence has ready, in one decoder call (see :meth:`BatchedEngine.decode`).
@@ -502,16 +510,26 @@ class SopranoEngine:
         """
         seqs = [_own(seq) for seq in sequences]
         work = [s for s in seqs if not s.decoder.ended and (s.queued or s.finished)]
+        # What each sequence has now: ``finished`` first, then its latents (a concurrent step
+        # appends a latent before it sets ``finished``, so a finished sequence's last latent
+        # is always among those taken).
+        ends = [s.finished for s in work]
+        taken = []
+        for s in work:
+            taken.append(s.queued)
+            s.queued = []
         try:
             out = self.streaming_decoder.decode(
                 [s.decoder for s in work],
-                [torch.stack(s.queued) if s.queued else torch.zeros(0, LATENT_DIM, device=self.device) for s in work],
-                [s.finished for s in work],
+                [torch.stack(q) if q else torch.zeros(0, LATENT_DIM, device=self.device) for q in taken],
+                ends,
             )
-        except torch.OutOfMemoryError as exc:
-            raise BatchOutOfMemory(f"decoding {len(work)} sequences does not fit: {exc}") from exc
-        for s in work:
-            s.queued.clear()
+        except BaseException as exc:
+            for s, q in zip(work, taken, strict=True):  # transactional: the latents go back first
+                s.queued[:0] = q
+            if isinstance(exc, torch.OutOfMemoryError):
+                raise BatchOutOfMemory(f"decoding {len(work)} sequences does not fit: {exc}") from exc
+            raise
         # One transfer to the host for the whole batch.
         sizes = [o.shape[0] for o in out]
         host = torch.cat(out).cpu().numpy() if out else np.zeros(0, dtype=np.float32)
@@ -521,12 +539,13 @@ class SopranoEngine:
     def evict(self, sequence: EngineSequence) -> None:
         """Free its KV slot; its cache is recomputed from its tokens when it runs again."""
         seq = _own(sequence)
-        if seq.slot is not None:
-            self._holders.pop(seq.slot, None)
-            self._free.append(seq.slot)
-            self._free.sort()  # lowest slots first: running sequences stay close together
-            seq.slot = None
-        seq.computed = 0
+        with self._slots:
+            if seq.slot is not None:
+                self._holders.pop(seq.slot, None)
+                self._free.append(seq.slot)
+                self._free.sort()  # lowest slots first: running sequences stay close together
+                seq.slot = None
+            seq.computed = 0
 
     def release(self, sequence: EngineSequence) -> None:
         """Free everything the sequence holds; it cannot run again."""
