@@ -18,7 +18,8 @@ change the cost). Per N:
 * **aggregate**: seconds of audio delivered to all clients per second of wall clock,
   from the first token to the last audio byte.
 
-The same clients run in the same process against the server with continuous batching
+The same clients run in the same process against the server with the model call and
+the decoder not overlapped (``[engine] overlap = false``), with continuous batching
 switched off (``[engine] batching = false``: one stream's chunk at a time, earliest
 deadline first), and against ``soprano-tts``'s own ``SopranoTTS.infer_stream``
 (transformers, chunk_size 1) serving the N clients one after another (no server, no
@@ -139,7 +140,9 @@ async def _client(url: str, reply: str, interval_s: float, start: asyncio.Event)
     return run
 
 
-async def _bench_server(engine: Any, batching: bool, counts: list[int], replies: list[str], interval_s: float) -> dict:
+async def _bench_server(
+    engine: Any, batching: bool, counts: list[int], replies: list[str], interval_s: float, overlap: bool = True
+) -> dict:
     from aiohttp.test_utils import TestServer
 
     from tts_server import create_app, load_config
@@ -149,7 +152,7 @@ async def _bench_server(engine: Any, batching: bool, counts: list[int], replies:
     config = load_config(
         None,
         {
-            "engine": {"warmup": True, "batching": batching},
+            "engine": {"warmup": True, "batching": batching, "overlap": overlap},
             "server": {"max_streams_per_client": most, "max_streams": max(most, 16)},
         },
     )
@@ -255,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     engine = SopranoEngine(model_dir, device="cpu", max_batch=max(16, max(counts)))
     modes: dict[str, dict[int, list[ClientRun]]] = {}
     modes["batched"] = asyncio.run(_bench_server(engine, True, counts, replies, interval_s))
+    modes["batched, model call and decoder not overlapped"] = asyncio.run(
+        _bench_server(engine, True, counts, replies, interval_s, overlap=False)
+    )
     modes["unbatched"] = asyncio.run(_bench_server(engine, False, counts, replies, interval_s))
     if not args.no_reference:
         result: dict[int, list[ClientRun]] = {}
