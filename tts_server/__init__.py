@@ -28,7 +28,7 @@ from rvc import PITCH_SHIFT_LIMIT
 from .app import create_app
 from .client import API_KEY_ENV, ConnectionClosed, ServerEvent, StreamClient, text_pieces
 from .config import Config, ConfigError, ConfigFile, load_config
-from .engines import EngineLoadError, PrefillingEngine, TTSEngine, load_engine
+from .engines import EngineLoadError, PrefillingEngine, StyledEngine, TTSEngine, load_engine
 from .events import (
     OUTPUT_SAMPLE_RATE,
     Audio,
@@ -47,6 +47,7 @@ from .scheduler import Pipeline
 from .segmenter import Segmenter
 from .service import build_pipeline
 from .stream import Stream
+from .stretch import TimeStretcher
 from .voice_catalog import VoiceCatalog
 from .voice_stage import DefaultVoiceOnly, Passthrough, VoiceProvider, VoiceStage
 
@@ -77,7 +78,9 @@ __all__ = [
     "Stream",
     "StreamClient",
     "StreamError",
+    "StyledEngine",
     "TTSEngine",
+    "TimeStretcher",
     "UnknownVoice",
     "VoiceCatalog",
     "VoiceProvider",

@@ -4,6 +4,12 @@ The shared library and its data come from the ``espeakng-loader`` wheel, or from
 system (Debian's ``libespeak-ng1``). The binding below uses the library's documented
 C API (``speak_lib.h``): ``espeak_Initialize`` in synchronous mode, a synth callback
 that collects 16-bit samples, ``espeak_Synth`` with UTF-8 text.
+
+Speed and language are native here (:class:`~tts_server.engines.base.StyledEngine`): a
+segment's speed scales the ``espeakRATE`` parameter (words per minute, kept within the
+library's 80–450), and its language picks a voice with ``espeak_SetVoiceByProperties``
+(espeak-ng's own language matching: ``"en-gb"``, ``"fr-fr"``, ``"pt-br"``...). Kokoro's
+one-letter language codes are mapped to those (:data:`KOKORO_LANGUAGES`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,44 @@ _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _PARAM_RATE = 1
 _PARAM_PITCH = 3
+#: espeak-ng's speaking-rate range, words per minute (``speak_lib.h``: espeakRATE).
+MIN_RATE_WPM = 80
+MAX_RATE_WPM = 450
+#: Kokoro's language codes (the first letter of its voice names: ``af_heart``, ``ff_siwis``).
+KOKORO_LANGUAGES = {
+    "a": "en-us",
+    "b": "en-gb",
+    "e": "es",
+    "f": "fr-fr",
+    "h": "hi",
+    "i": "it",
+    "j": "ja",
+    "p": "pt-br",
+    "z": "cmn",
+}
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+class _VoiceSpec(ctypes.Structure):
+    """``espeak_VOICE`` of ``speak_lib.h``."""
+
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("languages", ctypes.c_char_p),
+        ("identifier", ctypes.c_char_p),
+        ("gender", ctypes.c_ubyte),
+        ("age", ctypes.c_ubyte),
+        ("variant", ctypes.c_ubyte),
+        ("xx1", ctypes.c_ubyte),
+        ("score", ctypes.c_int),
+        ("spare", ctypes.c_void_p),
+    ]
+
+
+def espeak_language(language: str) -> str:
+    """The espeak-ng language for a client's code: Kokoro's letters mapped, others lower-cased."""
+    code = language.strip().lower().replace("_", "-")
+    return KOKORO_LANGUAGES.get(code, code)
 
 
 class _Library:
@@ -44,6 +87,7 @@ class _Library:
         self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         self.lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
         self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self.lib.espeak_SetVoiceByProperties.argtypes = [ctypes.POINTER(_VoiceSpec)]
         self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         self.lib.espeak_Synth.argtypes = [
             ctypes.c_char_p,
@@ -76,11 +120,22 @@ class _Library:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
         return 0
 
-    def synthesize(self, text: str, voice: str, rate_wpm: int, pitch: int) -> np.ndarray:
+    def has_language(self, language: str) -> bool:
+        """True if espeak-ng has a voice for ``language`` (an espeak-ng language code)."""
+        with self.lock:
+            return self._set_language(language)
+
+    def _set_language(self, language: str) -> bool:
+        spec = _VoiceSpec(languages=language.encode())
+        return bool(language) and self.lib.espeak_SetVoiceByProperties(ctypes.byref(spec)) == 0
+
+    def synthesize(self, text: str, voice: str, rate_wpm: int, pitch: int, language: str | None = None) -> np.ndarray:
+        """Speak ``text`` in ``voice``, or in a voice for ``language`` when it has one."""
         data = text.encode("utf-8") + b"\0"
         with self.lock:
             self._chunks = []
-            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            by_language = language is not None and self._set_language(language)
+            if not by_language and self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise ValueError(f"espeak-ng has no voice named {voice!r}")
             self.lib.espeak_SetParameter(_PARAM_RATE, rate_wpm, 0)
             self.lib.espeak_SetParameter(_PARAM_PITCH, pitch, 0)
@@ -130,6 +185,8 @@ class EspeakEngine:
     Yields ``chunk_ms`` chunks of float32 mono at the library's sample rate (22 050 Hz).
     Synthesis of one segment is a single fast library call (well over 50× real time);
     it is then cut into chunks so that cancellation and scheduling work as for Soprano.
+    A :class:`~tts_server.engines.base.StyledEngine`: speed and language are native (see
+    the module docstring).
 
     Raises:
         EngineLoadError: from the constructor, when the library or its data is missing.
@@ -148,8 +205,25 @@ class EspeakEngine:
         self._chunk = max(1, self.sample_rate * chunk_ms // 1000)
         self._lib.synthesize("", voice, rate_wpm, pitch)  # validates the voice name now, not mid-stream
 
+        self._languages: dict[str, bool] = {}
+
+    def speaks_language(self, language: str) -> bool:
+        """See :meth:`StyledEngine.speaks_language` (the answer is kept per code)."""
+        known = self._languages.get(language)
+        if known is None:
+            known = self._lib.has_language(espeak_language(language))
+            if len(self._languages) < 256:  # codes come from clients: keep the memory bounded
+                self._languages[language] = known
+        return known
+
     def synthesize(self, text: str) -> Iterator[np.ndarray]:
         """See :meth:`TTSEngine.synthesize`."""
-        audio = self._lib.synthesize(text, self.voice, self.rate_wpm, self.pitch)
+        return self.synthesize_styled(text)
+
+    def synthesize_styled(self, text: str, speed: float = 1.0, language: str | None = None) -> Iterator[np.ndarray]:
+        """See :meth:`StyledEngine.synthesize_styled`: ``speed`` scales ``rate_wpm`` (80–450 wpm)."""
+        rate = min(MAX_RATE_WPM, max(MIN_RATE_WPM, round(self.rate_wpm * speed)))
+        spoken = espeak_language(language) if language is not None and self.speaks_language(language) else None
+        audio = self._lib.synthesize(text, self.voice, rate, self.pitch, spoken)
         for start in range(0, len(audio), self._chunk):
             yield audio[start : start + self._chunk]
