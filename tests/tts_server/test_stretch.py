@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
-import parselmouth
 import pytest
-import scipy.signal
 
+from testing import stretch_signals
+from testing.stretch_signals import in_chunks
 from tts_server.stretch import TimeStretcher
 
 SAMPLE_RATE = 32_000  # Soprano's rate: what the stage sees without an RVC voice
-F0_HZ = 150.0
-#: Irregular chunk sizes, as the engines hand them over (Soprano's decoded chunks vary;
-#: espeak-ng's are 2205 samples), none a multiple of the stretcher's hop.
-CHUNK_SIZES = (1500, 2400, 3999, 5120, 2205)
 
 
 def voiced_tone(seconds: float = 3.0) -> np.ndarray:
-    """A vowel-like test signal: harmonics of 150 Hz up to 3.5 kHz, with a ±3 % vibrato at 3 Hz
-    (so WSOLA has to re-align every frame) and 20 ms fades; float32 at :data:`SAMPLE_RATE`."""
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    phase = 2 * np.pi * np.cumsum(F0_HZ * (1 + 0.03 * np.sin(2 * np.pi * 3 * t))) / SAMPLE_RATE
-    x = sum(np.sin(k * phase) / k for k in range(1, int(3500 / F0_HZ) + 1))
-    fade = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.02)
-    return (0.5 * x / np.abs(x).max() * fade).astype(np.float32)
-
-
-def in_chunks(x: np.ndarray) -> list[np.ndarray]:
-    chunks, start, i = [], 0, 0
-    while start < x.size:
-        chunks.append(x[start : start + CHUNK_SIZES[i % len(CHUNK_SIZES)]])
-        start += CHUNK_SIZES[i % len(CHUNK_SIZES)]
-        i += 1
-    return chunks
+    return stretch_signals.voiced_tone(SAMPLE_RATE, seconds)
 
 
 def stretch_whole(x: np.ndarray, speed: float) -> np.ndarray:
@@ -52,22 +33,12 @@ def stretch_per_chunk(x: np.ndarray, speed: float) -> np.ndarray:
 
 
 def click_level_db(y: np.ndarray) -> float:
-    """Loudest 5 ms of the signal above 7 kHz, in dB full scale.
-
-    The test signal has nothing above 3.5 kHz, and a stretch that copies whole waveform
-    periods adds nothing there; a discontinuity (a click) is broadband, so it shows as a
-    burst of energy above 7 kHz where it happens.
-    """
-    high = scipy.signal.sosfilt(scipy.signal.butter(8, 7000, "hp", fs=SAMPLE_RATE, output="sos"), y.astype(np.float64))
-    frame = SAMPLE_RATE // 200
-    rms = np.sqrt((high[: high.size // frame * frame].reshape(-1, frame) ** 2).mean(axis=1))
-    return float(20 * np.log10(rms.max() + 1e-12))
+    """Loudest 5 ms above 7 kHz (dB): the tone has nothing there, a click is broadband."""
+    return stretch_signals.click_level_db(y, SAMPLE_RATE)
 
 
 def median_f0_hz(y: np.ndarray) -> float:
-    pitch = parselmouth.Sound(y.astype(np.float64), SAMPLE_RATE).to_pitch()
-    f0 = pitch.selected_array["frequency"]
-    return float(np.median(f0[f0 > 0]))
+    return stretch_signals.median_f0_hz(y, SAMPLE_RATE)
 
 
 def test_speed_one_is_bypassed_bit_identical():
