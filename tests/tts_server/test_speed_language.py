@@ -19,8 +19,11 @@ from tests.tts_server.test_kokoro_live import ws_url as live_url
 from tests.tts_server.test_kokorox import recv_until, send, wav_of
 from tests.tts_server.test_kokorox import ws_url as kokorox_url
 from tests.tts_server.test_openai_speech import speak
+from tests.tts_server.test_rvc_server import rvc_files  # noqa: F401  (a fixture)
+from tests.tts_server.test_rvc_server import settings as rvc_settings
 from tts_server.engines.espeak import EspeakEngine
 from tts_server.engines.soprano import SopranoEngine
+from tts_server.voice_catalog import VoiceCatalog
 
 ONE_SENTENCE = "The quick brown fox jumps over the lazy dog, and then it runs far away."
 RATE = 24_000  # every protocol here speaks at 24 kHz
@@ -148,3 +151,18 @@ def test_soprano_is_not_a_styled_engine_and_espeak_is(soprano_engine):
 
     assert isinstance(soprano_engine, SopranoEngine) and not isinstance(soprano_engine, StyledEngine)
     assert isinstance(EspeakEngine(), StyledEngine)
+
+
+@pytest.mark.numerical
+async def test_speed_with_an_rvc_voice_stretches_the_converted_audio(make_server, soprano_engine, rvc_files):  # noqa: F811
+    # The stretch comes after the voice stage, at its 48 kHz: RVC converts speech at its
+    # natural rate, and the one resampling (48 → 24 kHz) stays last.
+    catalog = VoiceCatalog(rvc_settings(rvc_files), soprano_engine.sample_rate, "cpu", noise=False)
+    base, _ = await make_server(soprano_engine, voices=catalog)
+    full = await openai_pcm(base, 1.0)
+    fast = await openai_pcm(base, 2.0)
+    assert full.size > 4 * 2048
+    # The 48 kHz stretcher's frame is 1536 samples, 1.5 × the 32 kHz one: the same 1536
+    # samples at 24 kHz (see half_of).
+    low, high = half_of(full.size)
+    assert low <= fast.size <= high, (full.size, fast.size)
