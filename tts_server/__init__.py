@@ -5,6 +5,7 @@ The stages, one module each, in the order audio flows::
     segmenter.py      stage 1: LLM tokens → speakable segments (text in, sentences out)
     engines/          stage 2: TTS engines behind one protocol (Soprano, espeak-ng)
     voice_stage.py    stage 3: voice conversion (RVC voices from voice_catalog.py)
+    stretch.py        stage 3b: a client's speed, pitch kept, where the engine has no rate
     resample.py       stage 4: streaming resampling to the output rate (48 kHz)
     renderer.py       one stream's segment through stages 2-4, chunk by chunk
     stream.py         one client's handle: text in, events out, backpressure

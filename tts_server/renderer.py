@@ -351,13 +351,15 @@ class SegmentRenderer:
         if language is None or language in self._languages_logged:
             return
         engine = self.engine
-        if not (isinstance(engine, StyledEngine) and engine.speaks_language(language)):
+        if self.batched or not (isinstance(engine, StyledEngine) and engine.speaks_language(language)):
             self._languages_logged.add(language)
             log.info("language %r accepted; engine %r speaks its own", language, engine.name)
 
     def _stretch_speed(self, segment: Segment) -> float:
-        """The speed the stretcher applies to ``segment`` (1.0: the engine spoke it at its speed)."""
-        return 1.0 if isinstance(self.engine, StyledEngine) else segment.speed
+        """The speed the stretcher applies to ``segment`` (1.0: the engine spoke it at its speed,
+        as a :class:`StyledEngine` does chunk by chunk, the way :meth:`begin` calls it)."""
+        native = isinstance(self.engine, StyledEngine) and not self.batched
+        return 1.0 if native else segment.speed
 
     def _convert(self, job: _Job, chunk: np.ndarray, cost_s: float, t0: float) -> np.ndarray:
         if chunk.size:

@@ -20,7 +20,9 @@ stalls it about 2 ms.
 A client's WebSocket is closed (one INFO line says why): by the client; with 1000 when
 it has been idle for ``idle_timeout_s`` (nothing received, nothing to synthesize or
 send); with 1008 when it has not read its audio for as long; with 1001 when the server
-shuts down (after the chunk in flight has been sent).
+shuts down (after the chunk in flight has been sent); with 1009 for a frame over
+:data:`MAX_FRAME_HARD_BYTES`. A frame over :func:`max_frame_bytes` but under that gets the
+protocol's error and is dropped: the connection, and the text it had buffered, are kept.
 """
 
 from __future__ import annotations
