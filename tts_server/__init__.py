@@ -5,6 +5,7 @@ The stages, one module each, in the order audio flows::
     segmenter.py      stage 1: LLM tokens → speakable segments (text in, sentences out)
     engines/          stage 2: TTS engines behind one protocol (Soprano, espeak-ng)
     voice_stage.py    stage 3: voice conversion (RVC voices from voice_catalog.py)
+    stretch.py        stage 3b: a client's speed, pitch kept, where the engine has no rate
     resample.py       stage 4: streaming resampling to the output rate (48 kHz)
     renderer.py       one stream's segment through stages 2-4, chunk by chunk
     stream.py         one client's handle: text in, events out, backpressure
@@ -28,7 +29,7 @@ from rvc import PITCH_SHIFT_LIMIT
 from .app import create_app
 from .client import API_KEY_ENV, ConnectionClosed, ServerEvent, StreamClient, text_pieces
 from .config import Config, ConfigError, ConfigFile, load_config
-from .engines import EngineLoadError, PrefillingEngine, TTSEngine, load_engine
+from .engines import EngineLoadError, PrefillingEngine, StyledEngine, TTSEngine, load_engine
 from .events import (
     OUTPUT_SAMPLE_RATE,
     Audio,
@@ -47,6 +48,7 @@ from .scheduler import Pipeline
 from .segmenter import Segmenter
 from .service import build_pipeline
 from .stream import Stream
+from .stretch import TimeStretcher
 from .voice_catalog import VoiceCatalog
 from .voice_stage import DefaultVoiceOnly, Passthrough, VoiceProvider, VoiceStage
 
@@ -77,7 +79,9 @@ __all__ = [
     "Stream",
     "StreamClient",
     "StreamError",
+    "StyledEngine",
     "TTSEngine",
+    "TimeStretcher",
     "UnknownVoice",
     "VoiceCatalog",
     "VoiceProvider",

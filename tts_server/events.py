@@ -25,12 +25,17 @@ class Segment:
         text: the cleaned text that is spoken.
         pitch_shift: semitones, handed to the voice stage with every chunk.
         queued_at: ``time.monotonic()`` when it was cut.
+        speed: speaking-rate factor (2.0: twice as fast), by the engine or the time stretch.
+        language: language code as the client gave it (``"en-us"``, ``"fr-fr"``, Kokoro's
+            ``"a"``...; ``None``: the engine's own), honoured where the engine has it.
     """
 
     index: int
     text: str
     pitch_shift: float
     queued_at: float
+    speed: float = 1.0
+    language: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""One stream's way from a segment of text to output audio: engine → voice stage → resampler.
+"""One stream's way from a segment of text to output audio: engine → voice stage → time stretch → resampler.
 
 A :class:`SegmentRenderer` belongs to one client stream and is used only on the
 pipeline's inference thread. It knows nothing of queues, clients or events beyond the
@@ -17,7 +17,11 @@ chosen by the scheduler:
   become the current segment, so the stream's audio stays in order and the voice stage
   sees one continuous signal.
 
-Either way the engine's audio goes through the stream's voice stage and resampler here.
+Either way the engine's audio goes through the stream's voice stage, time stretcher and
+resampler here. A segment's ``speed`` is spoken by the engine itself when it is a
+:class:`~tts_server.engines.base.StyledEngine` (espeak-ng), otherwise by the stretcher
+(:mod:`tts_server.stretch`: bypassed at speed 1.0); its ``language`` is honoured by a
+``StyledEngine`` that has it, and otherwise logged once per stream and not used.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .engines.base import BatchedEngine, EngineSequence, PrefillingEngine, TTSEngine
+from .engines.base import BatchedEngine, EngineSequence, PrefillingEngine, StyledEngine, TTSEngine
 from .events import OUTPUT_SAMPLE_RATE, Segment, SegmentDone
 from .resample import StreamResampler
 from .segmenter import clean_for_speech
+from .stretch import TimeStretcher
 from .voice_stage import VoiceStage
 
 log = logging.getLogger(__name__)
@@ -176,6 +181,8 @@ class SegmentRenderer:
         self.out_rate = out_rate
         self.voice = voice
         self.resampler = StreamResampler(voice.output_sample_rate, out_rate)
+        self.stretcher = TimeStretcher(voice.output_sample_rate)
+        self._languages_logged: set[str] = set()
         self._jobs: collections.deque[_Job] = collections.deque()
         self._prefill: Any | None = None
         self._prefilled_text = ""
@@ -249,13 +256,19 @@ class SegmentRenderer:
         """
         prefill, self._prefill, self._prefilled_text = self._prefill, None, ""
         engine = self.engine
+        self._check_language(segment)
         if self.batched and isinstance(engine, BatchedEngine):
             self._jobs.append(_Job(segment, sequence=engine.start(segment.text, prefill)))
             return
         if self._jobs:
             self._release_handle(prefill)
             raise RuntimeError("a segment is already being rendered chunk by chunk")
-        if prefill is not None and isinstance(engine, PrefillingEngine):
+        if isinstance(engine, StyledEngine):
+            self._release_handle(prefill)
+            speed, language = segment.speed, segment.language
+            chunks = _lazy(lambda: engine.synthesize_styled(segment.text, speed, language))
+            self._jobs.append(_Job(segment, chunks=chunks))
+        elif prefill is not None and isinstance(engine, PrefillingEngine):
             chunks = _lazy(lambda: engine.synthesize(segment.text, prefill))
             self._jobs.append(_Job(segment, chunks=chunks, prefill=prefill))
         else:
@@ -332,10 +345,29 @@ class SegmentRenderer:
         cost, job.held, job.held_cost_s = job.held_cost_s, [], 0.0
         return held, cost
 
+    def _check_language(self, segment: Segment) -> None:
+        """Log once per stream and language that the engine cannot speak it (it speaks its own)."""
+        language = segment.language
+        if language is None or language in self._languages_logged:
+            return
+        engine = self.engine
+        if self.batched or not (isinstance(engine, StyledEngine) and engine.speaks_language(language)):
+            self._languages_logged.add(language)
+            log.info("language %r accepted; engine %r speaks its own", language, engine.name)
+
+    def _stretch_speed(self, segment: Segment) -> float:
+        """The speed the stretcher applies to ``segment`` (1.0: the engine spoke it at its speed,
+        as a :class:`StyledEngine` does chunk by chunk, the way :meth:`begin` calls it)."""
+        native = isinstance(self.engine, StyledEngine) and not self.batched
+        return 1.0 if native else segment.speed
+
     def _convert(self, job: _Job, chunk: np.ndarray, cost_s: float, t0: float) -> np.ndarray:
         if chunk.size:
             converted = self.voice.process(np.asarray(chunk, dtype=np.float32), job.segment.pitch_shift)
-            pcm = self.resampler.process(converted)
+            speed = self._stretch_speed(job.segment)
+            if speed != self.stretcher.speed:
+                self.stretcher.set_speed(speed)
+            pcm = self.resampler.process(self.stretcher.process(converted))
         else:
             pcm = np.zeros(0, dtype=np.float32)
         job.synth_s += cost_s + (time.perf_counter() - t0)
@@ -345,12 +377,13 @@ class SegmentRenderer:
         return pcm
 
     def drain(self) -> np.ndarray:
-        """Flush what the voice stage and the resampler hold (end of an utterance).
+        """Flush what the voice stage, the stretcher and the resampler hold (end of an utterance).
 
         Returns:
             ``(N,)`` float32 at :attr:`out_rate`, counted to the current segment if any.
         """
         held = self.voice.flush()
+        held = np.concatenate([self.stretcher.process(held), self.stretcher.flush()])
         pcm = self.resampler.process(held) if held.size else np.zeros(0, dtype=np.float32)
         pcm = np.concatenate([pcm, self.resampler.flush()])
         if self._jobs:
@@ -372,6 +405,7 @@ class SegmentRenderer:
         held = self.drain()
         self.voice = voice
         self.resampler = StreamResampler(voice.output_sample_rate, self.out_rate)
+        self.stretcher = TimeStretcher(voice.output_sample_rate, self.stretcher.speed)
         return held
 
     def drop_prefill(self) -> None:
@@ -391,6 +425,7 @@ class SegmentRenderer:
                 self._release(job)
                 if i == 0:
                     self.voice.reset()
+                    self.stretcher.reset()
                     self.resampler.reset()
                 return job.segment
         return None
@@ -402,6 +437,7 @@ class SegmentRenderer:
         for job in jobs:
             self._release(job)
         self.voice.reset()
+        self.stretcher.reset()
         self.resampler.reset()
 
     def _release(self, job: _Job) -> None:

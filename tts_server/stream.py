@@ -56,6 +56,7 @@ from .events import (
 from .metrics import Metrics, StreamMetrics
 from .renderer import Renderer
 from .segmenter import Segmenter
+from .stretch import MAX_SPEED, MIN_SPEED
 from .voice_stage import Passthrough, VoiceStage
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,10 @@ class Stream:
         self._loop = loop
         self._segmenter = host.new_segmenter()
         self.pitch_shift = 0.0
+        #: Speaking-rate factor of the segments cut from now on (see :meth:`set_speed`).
+        self.speed = 1.0
+        #: Language of the segments cut from now on (``None``: the engine's own).
+        self.language: str | None = None
         self._start_pitch = 0.0  # pitch_shift given with the first token of the pending text
         self._segment_counter = itertools.count()
         self._segments_cut = 0
@@ -265,6 +270,23 @@ class Stream:
         self._host.wake()
         return flush_id
 
+    def set_speed(self, speed: float) -> None:
+        """Speak the segments cut from now on at ``speed`` (2.0: twice as fast; pitch kept).
+
+        The engine applies it when it can (espeak-ng's rate), else the time stretch does
+        (:mod:`tts_server.stretch`).
+
+        Raises:
+            ValueError: outside [:data:`~tts_server.stretch.MIN_SPEED`, :data:`~tts_server.stretch.MAX_SPEED`].
+        """
+        if not MIN_SPEED <= speed <= MAX_SPEED:
+            raise ValueError(f"speed {speed:g} is out of range [{MIN_SPEED:g}, {MAX_SPEED:g}]")
+        self.speed = float(speed)
+
+    def set_language(self, language: str | None) -> None:
+        """Speak the segments cut from now on in ``language`` where the engine has it (else logged once)."""
+        self.language = language
+
     def set_voice(self, name: str | None) -> None:
         """Speak the following segments in voice ``name`` (``None``: the default voice).
 
@@ -352,7 +374,10 @@ class Stream:
         """Queue cut segments: the first keeps the pitch its text began with, later ones the current."""
         now = time.monotonic()
         pitches = [self._start_pitch] + [self.pitch_shift] * (len(texts) - 1)
-        segments = [Segment(next(self._segment_counter), t, p, now) for t, p in zip(texts, pitches, strict=False)]
+        segments = [
+            Segment(next(self._segment_counter), t, p, now, self.speed, self.language)
+            for t, p in zip(texts, pitches, strict=False)
+        ]
         self._segments_cut += len(segments)
         if texts:
             self._start_pitch = self.pitch_shift
@@ -548,6 +573,11 @@ class Stream:
         target = sequence if sequence is not None else renderer.sequence
         current = target is not None and target is renderer.sequence
         segment = renderer.drop(target) if target is not None else None
+        if segment is None and sequence is not None:
+            # Already dropped (it failed in the decoder while the model call that was running
+            # it raised too, or a cancel came first): reported once, or not at all.
+            log.debug("stream %d: failure of a segment no longer in flight: %s", self.id, exc)
+            return
         index = segment.index if segment is not None else -1
         log.error("stream %d: synthesis of segment %d failed: %s", self.id, index, exc, exc_info=exc)
         self.count_error("synthesis")

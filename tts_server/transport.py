@@ -20,7 +20,9 @@ stalls it about 2 ms.
 A client's WebSocket is closed (one INFO line says why): by the client; with 1000 when
 it has been idle for ``idle_timeout_s`` (nothing received, nothing to synthesize or
 send); with 1008 when it has not read its audio for as long; with 1001 when the server
-shuts down (after the chunk in flight has been sent).
+shuts down (after the chunk in flight has been sent); with 1009 for a frame over
+:data:`MAX_FRAME_HARD_BYTES`. A frame over :func:`max_frame_bytes` but under that gets the
+protocol's error and is dropped: the connection, and the text it had buffered, are kept.
 """
 
 from __future__ import annotations
@@ -56,11 +58,19 @@ INLINE_TEXT_CHARS = 256
 LOOP_SLICE_S = 0.002
 #: Seconds a close frame may take to leave before the connection is dropped instead.
 CLOSE_TIMEOUT_S = 2.0
+#: Frames up to this size are read whole even when over :func:`max_frame_bytes`, so that
+#: the client gets its protocol's error and keeps the connection; larger ones close it
+#: with 1009. It bounds what one connection can make the server hold for a frame (aiohttp
+#: assembles a frame before handing it over): 4 MiB is 400 × the largest token at its
+#: plainest, far more than a client that merely sent too much text needs.
+MAX_FRAME_HARD_BYTES = 4 << 20
 
 
 def max_frame_bytes(max_token_chars: int) -> int:
-    """Largest WebSocket frame accepted: a ``max_token_chars`` token, every character JSON-escaped
-    as a surrogate pair (12 bytes), and the other fields. Larger frames close the socket (1009)."""
+    """Largest WebSocket frame used: a ``max_token_chars`` token, every character JSON-escaped
+    as a surrogate pair (12 bytes), and the other fields. Larger frames get the protocol's
+    error (:meth:`Session.error`) and are dropped; past :data:`MAX_FRAME_HARD_BYTES` the
+    socket is closed (1009)."""
     return 12 * max_token_chars + 4096
 
 
@@ -185,6 +195,18 @@ class Session:
         if message.flush:
             self.stream.flush()
 
+    async def error(self, message: str) -> None:
+        """Send this protocol's error message (``/ws/stream``: ``{"error": message}``)."""
+        await self.ws.send_json({"error": message})
+
+    async def handle_oversized(self, size: int, limit: int) -> None:
+        """A frame of ``size`` bytes, over ``limit``: dropped unread, with the protocol's error.
+
+        Nothing buffered is touched: the stream's text and audio go on as before.
+        """
+        self.stream.count_error("protocol")
+        await self.error(f"frame of {size} bytes is over the limit of {limit} bytes: it was dropped")
+
     async def handle_binary(self, data: bytes) -> None:
         """A binary frame: this protocol takes none (subclasses may answer in their own format)."""
         await self.ws.send_json({"error": "binary frames are not accepted: send JSON text frames"})
@@ -258,13 +280,17 @@ async def serve_websocket(
     """Serve one WebSocket client with a ``session_type`` over a stream of ``sample_rate`` Hz.
 
     Every WebSocket protocol shares this: the stream limit (1013 when none is free), the
-    idle and not-reading timeouts, the frame size limit, shutdown with 1001, and one
-    message handled at a time (text by ``handle_text``, binary by ``handle_binary``).
+    idle and not-reading timeouts, the frame size limits (over :func:`max_frame_bytes`: the
+    protocol's error, the connection kept; over :data:`MAX_FRAME_HARD_BYTES`: 1009),
+    shutdown with 1001, and one message handled at a time (text by ``handle_text``, binary
+    by ``handle_binary``).
     """
     app = request.app
     settings = app[CONFIG].server
     client = request[CLIENT]
-    ws = web.WebSocketResponse(compress=False, max_msg_size=max_frame_bytes(settings.max_token_chars), heartbeat=30.0)
+    frame_limit = max_frame_bytes(settings.max_token_chars)
+    hard_limit = max(MAX_FRAME_HARD_BYTES, frame_limit)
+    ws = web.WebSocketResponse(compress=False, max_msg_size=hard_limit, heartbeat=30.0)
     await ws.prepare(request)
     try:
         stream = app[PIPELINE].open_stream(sample_rate=sample_rate)
@@ -291,7 +317,10 @@ async def serve_websocket(
             session.last_activity = time.monotonic()
             if session.shutting_down:
                 continue
-            if msg.type == WSMsgType.TEXT:
+            size = _frame_bytes(msg, frame_limit)
+            if size > frame_limit:
+                await session.handle_oversized(size, frame_limit)
+            elif msg.type == WSMsgType.TEXT:
                 await session.handle_text(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 await session.handle_binary(msg.data)
@@ -316,6 +345,16 @@ async def serve_websocket(
             "stream %d from %s closed after %.1f s: %s", stream.id, client.label, time.monotonic() - opened, reason
         )
     return ws
+
+
+def _frame_bytes(msg: Any, limit: int) -> int:
+    """A data frame's size in bytes, exact when it may be over ``limit`` (0 for other messages)."""
+    if msg.type == WSMsgType.BINARY:
+        return len(msg.data)
+    if msg.type != WSMsgType.TEXT:
+        return 0
+    # UTF-8 takes at most 4 bytes a character: only a text this long can be over the limit.
+    return len(msg.data.encode()) if 4 * len(msg.data) > limit else len(msg.data)
 
 
 def _client_close_reason(ws: web.WebSocketResponse) -> str:

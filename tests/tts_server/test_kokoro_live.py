@@ -18,6 +18,7 @@ import soxr
 import websockets
 
 from tests.conftest import EXACT
+from tts_server.stretch import TimeStretcher
 
 SENTENCES = ["The first sentence.", "And then a second one!"]
 
@@ -70,10 +71,16 @@ async def test_the_seeds_client_gets_ready_then_audio_while_it_still_sends_text(
         audio_messages = [m for m in received if isinstance(m, dict) and m["type"] == "audio"]
         assert end == {"type": "end", "total_chunks": len(audio_messages)}
     natives = [np.concatenate(list(soprano_engine.synthesize(t))) for t in SENTENCES]
-    continuous = soxr.resample(np.concatenate(natives), soprano_engine.sample_rate, 24_000, quality="HQ")
+
+    def spoken(native: np.ndarray) -> np.ndarray:  # the seed's speed 0.8: the pipeline's stretch, then resampling
+        stretcher = TimeStretcher(soprano_engine.sample_rate, 0.8)
+        stretched = np.concatenate([stretcher.process(native), stretcher.flush()])
+        return soxr.resample(stretched, soprano_engine.sample_rate, 24_000, quality="HQ")
+
+    continuous = spoken(np.concatenate(natives))
     # If the first sentence was done before the second arrived, the stages were flushed between them
-    # (as on /ws/stream): each sentence is then resampled alone.
-    separate = np.concatenate([soxr.resample(n, soprano_engine.sample_rate, 24_000, quality="HQ") for n in natives])
+    # (as on /ws/stream): each sentence is then stretched and resampled alone.
+    separate = np.concatenate([spoken(n) for n in natives])
     pcm = pcm_of(received)
     # The first binary frame was read above without keeping it: compare the rest, aligned at the end.
     bound = 0.5 + EXACT * np.abs(continuous).max() * 32767

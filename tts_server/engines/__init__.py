@@ -5,7 +5,15 @@ from __future__ import annotations
 import logging
 
 from ..config import Config
-from .base import BatchedEngine, BatchOutOfMemory, EngineLoadError, EngineSequence, PrefillingEngine, TTSEngine
+from .base import (
+    BatchedEngine,
+    BatchOutOfMemory,
+    EngineLoadError,
+    EngineSequence,
+    PrefillingEngine,
+    StyledEngine,
+    TTSEngine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +23,7 @@ __all__ = [
     "EngineLoadError",
     "EngineSequence",
     "PrefillingEngine",
+    "StyledEngine",
     "TTSEngine",
     "load_engine",
 ]

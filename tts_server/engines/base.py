@@ -113,6 +113,26 @@ class PrefillingEngine(TTSEngine, Protocol):
 
 
 @runtime_checkable
+class StyledEngine(TTSEngine, Protocol):
+    """An engine that speaks at another speaking rate, and in other languages, itself.
+
+    The renderer then hands it each segment's ``speed`` and ``language`` and applies no
+    time stretch (see :mod:`tts_server.stretch` for engines without this).
+    """
+
+    def speaks_language(self, language: str) -> bool:
+        """True if ``language`` (a code such as ``"fr-fr"``, or Kokoro's ``"f"``) has a voice here."""
+        ...
+
+    def synthesize_styled(self, text: str, speed: float = 1.0, language: str | None = None) -> Iterator[np.ndarray]:
+        """As :meth:`TTSEngine.synthesize`, at ``speed`` (rate factor) and in ``language``.
+
+        A language it does not have is spoken in its own (the caller logs it).
+        """
+        ...
+
+
+@runtime_checkable
 class EngineSequence(Protocol):
     """One segment inside a :class:`BatchedEngine`: what the scheduler may read of it.
 

@@ -4,6 +4,12 @@ The shared library and its data come from the ``espeakng-loader`` wheel, or from
 system (Debian's ``libespeak-ng1``). The binding below uses the library's documented
 C API (``speak_lib.h``): ``espeak_Initialize`` in synchronous mode, a synth callback
 that collects 16-bit samples, ``espeak_Synth`` with UTF-8 text.
+
+Speed and language are native here (:class:`~tts_server.engines.base.StyledEngine`): a
+segment's speed scales the ``espeakRATE`` parameter (words per minute, kept within the
+library's 80–450), and its language picks a voice with ``espeak_SetVoiceByProperties``
+(espeak-ng's own language matching: ``"en-gb"``, ``"fr-fr"``, ``"pt-br"``...). Kokoro's
+one-letter language codes are mapped to those (:data:`KOKORO_LANGUAGES`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,44 @@ _PARAM_PITCH = 3
 #: clause by clause (see :func:`clauses`).
 MAX_CALL_CHARS = 100
 _CLAUSE_END = re.compile(r"[,;:.!?]\s")
+#: espeak-ng's speaking-rate range, words per minute (``speak_lib.h``: espeakRATE).
+MIN_RATE_WPM = 80
+MAX_RATE_WPM = 450
+#: Kokoro's language codes (the first letter of its voice names: ``af_heart``, ``ff_siwis``).
+KOKORO_LANGUAGES = {
+    "a": "en-us",
+    "b": "en-gb",
+    "e": "es",
+    "f": "fr-fr",
+    "h": "hi",
+    "i": "it",
+    "j": "ja",
+    "p": "pt-br",
+    "z": "cmn",
+}
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+class _VoiceSpec(ctypes.Structure):
+    """``espeak_VOICE`` of ``speak_lib.h``."""
+
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("languages", ctypes.c_char_p),
+        ("identifier", ctypes.c_char_p),
+        ("gender", ctypes.c_ubyte),
+        ("age", ctypes.c_ubyte),
+        ("variant", ctypes.c_ubyte),
+        ("xx1", ctypes.c_ubyte),
+        ("score", ctypes.c_int),
+        ("spare", ctypes.c_void_p),
+    ]
+
+
+def espeak_language(language: str) -> str:
+    """The espeak-ng language for a client's code: Kokoro's letters mapped, others lower-cased."""
+    code = language.strip().lower().replace("_", "-")
+    return KOKORO_LANGUAGES.get(code, code)
 
 
 class _Library:
@@ -51,6 +94,7 @@ class _Library:
         self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         self.lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
         self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self.lib.espeak_SetVoiceByProperties.argtypes = [ctypes.POINTER(_VoiceSpec)]
         self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         self.lib.espeak_Synth.argtypes = [
             ctypes.c_char_p,
@@ -83,11 +127,22 @@ class _Library:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
         return 0
 
-    def synthesize(self, text: str, voice: str, rate_wpm: int, pitch: int) -> np.ndarray:
+    def has_language(self, language: str) -> bool:
+        """True if espeak-ng has a voice for ``language`` (an espeak-ng language code)."""
+        with self.lock:
+            return self._set_language(language)
+
+    def _set_language(self, language: str) -> bool:
+        spec = _VoiceSpec(languages=language.encode())
+        return bool(language) and self.lib.espeak_SetVoiceByProperties(ctypes.byref(spec)) == 0
+
+    def synthesize(self, text: str, voice: str, rate_wpm: int, pitch: int, language: str | None = None) -> np.ndarray:
+        """Speak ``text`` in ``voice``, or in a voice for ``language`` when it has one."""
         data = text.encode("utf-8") + b"\0"
         with self.lock:
             self._chunks = []
-            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            by_language = language is not None and self._set_language(language)
+            if not by_language and self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise ValueError(f"espeak-ng has no voice named {voice!r}")
             self.lib.espeak_SetParameter(_PARAM_RATE, rate_wpm, 0)
             self.lib.espeak_SetParameter(_PARAM_PITCH, pitch, 0)
@@ -173,6 +228,8 @@ class EspeakEngine:
     Yields ``chunk_ms`` chunks of float32 mono at the library's sample rate (22 050 Hz).
     Synthesis of one segment is a single fast library call (well over 50× real time);
     it is then cut into chunks so that cancellation and scheduling work as for Soprano.
+    A :class:`~tts_server.engines.base.StyledEngine`: speed and language are native (see
+    the module docstring).
 
     Raises:
         EngineLoadError: from the constructor, when the library or its data is missing.
@@ -190,21 +247,42 @@ class EspeakEngine:
         self.sample_rate = self._lib.sample_rate
         self._chunk = max(1, self.sample_rate * chunk_ms // 1000)
         self._lib.synthesize("", voice, rate_wpm, pitch)  # validates the voice name now, not mid-stream
-        self._pauses = {mark: self._pause_after(mark) for mark in ",;:.!?"}
+        self._pause_samples = {mark: self._pause_after(mark) for mark in ",;:.!?"}
+        self._languages: dict[str, bool] = {}
 
-    def _pause_after(self, mark: str) -> np.ndarray:
-        """The silence espeak-ng puts after ``mark`` inside a text (it puts none at the end of one)."""
+    def _pause_after(self, mark: str) -> int:
+        """Samples of silence espeak-ng puts after ``mark`` inside a text (it puts none at the end of one)."""
         synth = self._lib.synthesize
         args = (self.voice, self.rate_wpm, self.pitch)
         samples = len(synth(f"One{mark} Two", *args)) - len(synth(f"One{mark}", *args)) - len(synth("Two", *args))
-        return np.zeros(max(0, samples), dtype=np.float32)
+        return max(0, samples)
+
+    def speaks_language(self, language: str) -> bool:
+        """See :meth:`StyledEngine.speaks_language` (the answer is kept per code)."""
+        known = self._languages.get(language)
+        if known is None:
+            known = self._lib.has_language(espeak_language(language))
+            if len(self._languages) < 256:  # codes come from clients: keep the memory bounded
+                self._languages[language] = known
+        return known
 
     def synthesize(self, text: str) -> Iterator[np.ndarray]:
-        """See :meth:`TTSEngine.synthesize`; text over :data:`MAX_CALL_CHARS` is spoken in :func:`clauses`."""
+        """See :meth:`TTSEngine.synthesize`."""
+        return self.synthesize_styled(text)
+
+    def synthesize_styled(self, text: str, speed: float = 1.0, language: str | None = None) -> Iterator[np.ndarray]:
+        """See :meth:`StyledEngine.synthesize_styled`: ``speed`` scales ``rate_wpm`` (80–450 wpm).
+
+        Text over :data:`MAX_CALL_CHARS` is spoken in :func:`clauses`, the pause after each
+        cut clause put back (scaled to the rate).
+        """
+        rate = min(MAX_RATE_WPM, max(MIN_RATE_WPM, round(self.rate_wpm * speed)))
+        spoken = espeak_language(language) if language is not None and self.speaks_language(language) else None
         pieces = clauses(text) if len(text) > MAX_CALL_CHARS else iter([(text, "")])
         for piece, mark in pieces:
-            audio = self._lib.synthesize(piece, self.voice, self.rate_wpm, self.pitch)
+            audio = self._lib.synthesize(piece, self.voice, rate, self.pitch, spoken)
             if mark:
-                audio = np.concatenate([audio, self._pauses[mark]])
+                pause = np.zeros(round(self._pause_samples[mark] * self.rate_wpm / rate), dtype=np.float32)
+                audio = np.concatenate([audio, pause])
             for start in range(0, len(audio), self._chunk):
                 yield audio[start : start + self._chunk]

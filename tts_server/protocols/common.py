@@ -72,6 +72,14 @@ class VoiceNames:
 VOICE_NAMES = web.AppKey("voice_names", VoiceNames)
 
 
+def kokoro_voice_language(name: str | None) -> str | None:
+    """The language of a Kokoro voice name, its first letter (``af_heart`` → ``"a"``,
+    ``ff_siwis`` → ``"f"``: Kokoro's convention), or ``None`` for any other name."""
+    if name is not None and len(name) > 3 and name[0].isalpha() and name[1] in "fm" and name[2] == "_":
+        return name[0].lower()
+    return None
+
+
 def install(app: web.Application, settings: VoicesSettings) -> None:
     """Give ``app`` its :class:`VoiceNames` (once, whichever protocol module asks first)."""
     if VOICE_NAMES not in app:

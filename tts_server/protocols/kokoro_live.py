@@ -13,10 +13,11 @@
 4. Errors: ``{"type": "error", "message"}``; the connection stays usable.
 
 ``voice`` maps to the server's voices (:class:`~tts_server.protocols.common.VoiceNames`:
-Kokoro's ``ff_siwis`` is spoken in the default voice). ``language`` is accepted and
-logged (the engines here speak what their model or ``[espeak] voice`` speaks). ``speed``
-must be 0.5–2.0 and is accepted but not applied yet (one log line): the pipeline has no
-pitch-keeping time stretch. The stream is opened at 24 kHz (Kokoro's rate), so the
+Kokoro's ``ff_siwis`` is spoken in the default voice). ``language`` (``"fr-fr"``,
+Kokoro's ``"f"``; without it, the first letter of a Kokoro voice name) is honoured where
+the engine has it (espeak-ng), else logged once. ``speed`` must be 0.5–2.0 and is
+applied by the engine (espeak-ng) or the pipeline's pitch-keeping time stretch
+(:mod:`tts_server.stretch`). The stream is opened at 24 kHz (Kokoro's rate), so the
 pipeline's resampler is the only rate conversion.
 """
 
@@ -32,7 +33,7 @@ from aiohttp import web
 
 from ..events import Audio, Flushed, PendingTextFull, StreamError, UnknownVoice
 from ..transport import CONFIG, INLINE_TEXT_CHARS, PIPELINE, Session, push_sliced, serve_websocket
-from .common import VOICE_NAMES, install, int16_bytes
+from .common import VOICE_NAMES, install, int16_bytes, kokoro_voice_language
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,8 @@ class LiveSession(Session):
         except UnknownVoice as exc:  # only if the voices changed meanwhile
             await self.error(str(exc))
             return
-        if init.language is not None:
-            log.info("stream %d: language %r accepted; the engine speaks its own", self.stream.id, init.language)
-        if init.speed != 1.0:
-            log.info("stream %d: speed %g accepted but not applied (no time stretch yet)", self.stream.id, init.speed)
+        self.stream.set_language(init.language or kokoro_voice_language(init.voice))
+        self.stream.set_speed(init.speed)
         self.ready = True
         await self.send_message({"type": "ready", "sample_rate": self.stream.sample_rate, "format": "pcm_s16le"})
 

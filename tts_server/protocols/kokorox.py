@@ -6,7 +6,10 @@ rate conversion). Commands (``{"command": ...}``):
 
 - ``list_voices`` → ``{"type": "voices", "voices": [...], "voice": current}``.
 - ``set_voice`` ``{"voice"}`` → ``{"type": "voice_changed"}``; ``set_speed`` ``{"speed"}``
-  (0.5–2.0) → ``{"type": "speed_changed"}`` (accepted, not applied yet: no time stretch).
+  (0.5–2.0) → ``{"type": "speed_changed"}``: the text sent from then on is spoken at that
+  speed (by the engine, or the pipeline's pitch-keeping time stretch). A Kokoro voice name
+  sets the language too (its first letter, Kokoro's convention: ``ff_siwis`` is French),
+  honoured where the engine has it (espeak-ng), else logged.
 - ``synthesize`` ``{"text"}`` → ``synthesis_started``, one ``audio_chunk`` per segment
   (``chunk``, ``index``, ``total``, ``sample_rate``), ``synthesis_completed``. ``total`` is
   the number of segments the text was cut into, known before the first chunk; there are
@@ -46,7 +49,7 @@ from aiohttp import web
 
 from ..events import Audio, Flushed, PendingTextFull, SegmentDone, StreamError, UnknownVoice
 from ..transport import CONFIG, INLINE_TEXT_CHARS, PIPELINE, Session, encode_wav, push_sliced, serve_websocket
-from .common import VOICE_NAMES, install
+from .common import VOICE_NAMES, install, kokoro_voice_language
 
 log = logging.getLogger(__name__)
 
@@ -170,10 +173,7 @@ class KokoroxSession(Session):
         assert self.app is not None
         await self.switch_voice(self.app[VOICE_NAMES].resolve(name, self.app[PIPELINE].voices))
         self.voice_name = name
-
-    def _log_speed(self, speed: float) -> None:
-        if speed != 1.0:
-            log.info("stream %d: speed %g accepted but not applied (no time stretch yet)", self.stream.id, speed)
+        self.stream.set_language(kokoro_voice_language(name))
 
     async def _push(self, text: str) -> None:
         if len(text) > INLINE_TEXT_CHARS:
@@ -194,7 +194,7 @@ class KokoroxSession(Session):
         await self.send_message({"type": "voice_changed"})
 
     async def _set_speed(self, raw: Any) -> None:
-        self._log_speed(msgspec.convert(raw, SetSpeed).speed)
+        self.stream.set_speed(msgspec.convert(raw, SetSpeed).speed)
         await self.send_message({"type": "speed_changed"})
 
     async def _synthesize(self, raw: Any) -> None:
@@ -218,7 +218,7 @@ class KokoroxSession(Session):
             return
         if start.voice is not None:
             await self._set_voice(start.voice)
-        self._log_speed(start.speed)
+        self.stream.set_speed(start.speed)
         job = _Job(str(uuid.uuid4()))
         self.jobs.append(job)
         await self.send_message({"type": "stream_started", "stream_id": job.stream_id})

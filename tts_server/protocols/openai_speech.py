@@ -9,9 +9,10 @@ and ``flac``, the compressed ones encoded by FFmpeg through PyAV. The stream is 
 at 24 kHz, so the pipeline's resampler is the only rate conversion.
 
 ``model`` is accepted whatever it names (clients send ``tts-1``); ``voice`` maps to the
-server's voices through :class:`~tts_server.protocols.common.VoiceNames`; ``speed``
-(0.25–4.0, else 400) is accepted and not applied yet (one log line): the pipeline has no
-pitch-keeping time stretch, and refusing it would break clients that send their setting;
+server's voices through :class:`~tts_server.protocols.common.VoiceNames` (a Kokoro voice
+name also sets the language: ``ff_siwis`` is French where the engine has French);
+``speed`` (0.25–4.0, else 400) is applied by the engine (espeak-ng) or the pipeline's
+pitch-keeping time stretch (:mod:`tts_server.stretch`);
 ``instructions`` is accepted and ignored; ``stream_format: "sse"`` is refused (400).
 Errors before the first audio are JSON in OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``; a failure after it ends the body.
@@ -30,7 +31,16 @@ from aiohttp import web
 
 from ..events import PipelineBusy, UnknownVoice
 from ..transport import CONFIG, PIPELINE, STOPPING, estimate_speech_s, push_sliced
-from .common import VOICE_NAMES, BadRequest, Encoder, RawEncoder, install, read_json_body, stream_audio_body
+from .common import (
+    VOICE_NAMES,
+    BadRequest,
+    Encoder,
+    RawEncoder,
+    install,
+    kokoro_voice_language,
+    read_json_body,
+    stream_audio_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +173,6 @@ async def create_speech(request: web.Request) -> web.StreamResponse:
         body = msgspec.convert(raw, SpeechRequest)
     except msgspec.ValidationError as exc:
         return openai_error(400, f"invalid request: {exc}")
-    if body.speed != 1.0:
-        log.info("/v1/audio/speech: speed %g accepted but not applied (no time stretch yet)", body.speed)
     if body.stream_format == "sse":
         return openai_error(400, 'stream_format "sse" is not supported: use "audio"', "stream_format")
     text = body.input
@@ -186,6 +194,8 @@ async def create_speech(request: web.Request) -> web.StreamResponse:
     except UnknownVoice as exc:  # an alias names a voice that went away: the resolver logged it
         return openai_error(400, str(exc), "voice")
     try:
+        stream.set_speed(body.speed)
+        stream.set_language(kokoro_voice_language(name))
         await push_sliced(stream, text)
         stream.flush()
         settings = request.app[CONFIG].server
