@@ -18,6 +18,7 @@ the handler given to :func:`add_routes`, a plain ``GET`` gets the page.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from importlib import resources
 
@@ -39,21 +40,40 @@ ASSETS = {
 #: Every path this module serves without an API key (to a plain GET; see the guards).
 PUBLIC_PATHS = (*PAGE_PATHS, *ASSETS)
 
-#: Only the server's own origin: scripts, styles, images, the worklet, fetch and the
-#: WebSocket (CSP level 3 ``'self'`` covers ``ws:``/``wss:`` of the same host).
+#: Only the server's own origin: scripts, styles, images, the worklet, ``fetch`` and the
+#: WebSocket. CSP level 3 ``'self'`` covers ``ws:``/``wss:`` of the same host; browsers that
+#: predate that rule get the host's ``ws://``/``wss://`` named (:func:`content_security_policy`).
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 
+#: A ``Host`` header that may be named in the policy (a name or address and a port, nothing else).
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def content_security_policy(host: str | None) -> str:
+    """:data:`CONTENT_SECURITY_POLICY`, with ``ws://HOST wss://HOST`` added to ``connect-src``.
+
+    ``host`` is the request's ``Host`` header; one that is not a plain host[:port] is left out
+    (``'self'`` alone then).
+    """
+    if host is None or not _HOST.fullmatch(host):
+        return CONTENT_SECURITY_POLICY
+    return CONTENT_SECURITY_POLICY.replace("connect-src 'self'", f"connect-src 'self' ws://{host} wss://{host}")
+
+
 _HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     hdrs.CACHE_CONTROL: "no-cache",
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _headers(request: web.Request) -> dict[str, str]:
+    return {**_HEADERS, "Content-Security-Policy": content_security_policy(request.headers.get(hdrs.HOST))}
 
 
 def _read(name: str) -> bytes:
@@ -76,11 +96,11 @@ def add_routes(app: web.Application, websocket_root: Handler) -> None:
     async def serve_page(request: web.Request) -> web.StreamResponse:
         if request.path == "/" and web.WebSocketResponse().can_prepare(request).ok:
             return await websocket_root(request)
-        return web.Response(body=page, content_type="text/html", charset="utf-8", headers=_HEADERS)
+        return web.Response(body=page, content_type="text/html", charset="utf-8", headers=_headers(request))
 
     async def serve_asset(request: web.Request) -> web.StreamResponse:
         body, content_type = files[request.path]
-        return web.Response(body=body, headers={**_HEADERS, hdrs.CONTENT_TYPE: content_type})
+        return web.Response(body=body, headers={**_headers(request), hdrs.CONTENT_TYPE: content_type})
 
     for path in PAGE_PATHS:
         app.router.add_get(path, serve_page)

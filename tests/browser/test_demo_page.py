@@ -96,7 +96,9 @@ def severe_logs(driver: Any, expected: tuple[str, ...] = ()) -> list[str]:
     return [e["message"] for e in entries if e["level"] == "SEVERE" and not any(x in e["message"] for x in expected)]
 
 
-def play_and_stop(driver: Any, url: str, screenshot: Path, expected_log: tuple[str, ...] = ()) -> dict[str, Any]:
+def play_and_stop(
+    driver: Any, url: str, screenshot: Path, expected_log: tuple[str, ...] = (), context_rate: int = 48_000
+) -> dict[str, Any]:
     """Open the page, press "Simulate an LLM", check playback, press Stop; the states seen."""
     from selenium.webdriver.common.by import By
 
@@ -104,11 +106,15 @@ def play_and_stop(driver: Any, url: str, screenshot: Path, expected_log: tuple[s
     wait_for(driver, lambda s: s["status"] == "ready", "the page to load the voices", 10)
     driver.find_element(By.ID, "simulate").click()
     first = wait_for(driver, lambda s: s["framesReceived"] > 0, "the first audio frame")
-    assert first["contextRate"] == 48000, first  # the AudioContext took the stream's rate: no resampling
+    assert first["contextRate"] == context_rate, first  # 48 kHz: the stream's own rate, no resampling
     playing = wait_for(driver, lambda s: s["nonSilentSeconds"] > NON_SILENT_S, f"{NON_SILENT_S} s of sound")
     assert playing["contextState"] == "running"
     assert playing["underruns"] == 0 and playing["underrunSamples"] == 0, playing
     assert playing["overflowSamples"] == 0
+    # Every output sample took 48000/context_rate source samples (one report is one instant):
+    # exact at 48 kHz; at another rate the interpolator's read position is within a sample.
+    consumed = playing["workletReceived"] - playing["bufferFill"]
+    assert abs(consumed - playing["samplesPlayed"] * 48_000 / context_rate) <= 1.0, playing
     assert playing["ttfaMs"] is not None and playing["ttfaMs"] > 0
     assert playing["segments"] >= 1 and playing["rtf"] is not None and playing["rtf"] > 0
     assert playing["bufferFill"] > 0, "the reply should still be speaking when Stop is pressed"
@@ -138,6 +144,14 @@ async def test_the_page_plays_a_simulated_reply_gaplessly_and_stop_silences_it(m
 async def test_websocket_demo_serves_the_same_page(make_server, espeak, browser, tmp_path):
     base, _ = await make_server(espeak)
     await asyncio.to_thread(play_and_stop, browser, base + "/websocket-demo", tmp_path / "demo.png")
+
+
+async def test_at_another_context_rate_the_worklet_resamples_without_gaps(make_server, espeak, browser, tmp_path):
+    """Where a browser will not open a 48 kHz context, the worklet interpolates to the device rate."""
+    base, _ = await make_server(espeak)
+    url = base + "/?context_rate=44100"
+    after = await asyncio.to_thread(play_and_stop, browser, url, tmp_path / "demo.png", context_rate=44_100)
+    assert after["playedSeconds"] > NON_SILENT_S
 
 
 async def test_with_an_api_key_the_page_asks_for_it_then_plays(make_server, espeak, browser, tmp_path):

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 import websockets
 
-from tts_server.demo import ASSETS, CONTENT_SECURITY_POLICY, PAGE_PATHS
+from tts_server.demo import ASSETS, CONTENT_SECURITY_POLICY, PAGE_PATHS, content_security_policy
 
 KEY = "demo-key-0123456789abcdef"
 
@@ -25,26 +25,38 @@ def espeak():
 
 async def test_both_page_paths_serve_the_page_and_every_asset_with_a_self_only_policy(make_server, espeak):
     base, _ = await make_server(espeak)
+    host = base.removeprefix("http://")
+    policy = content_security_policy(host)
+    assert f"connect-src 'self' ws://{host} wss://{host};" in policy
     async with aiohttp.ClientSession() as http:
         pages = []
         for path in PAGE_PATHS:
             async with http.get(base + path) as r:
                 assert r.status == 200 and r.content_type == "text/html"
-                assert r.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+                assert r.headers["Content-Security-Policy"] == policy
                 assert r.headers["X-Content-Type-Options"] == "nosniff"
                 pages.append(await r.text())
         assert pages[0] == pages[1]
         for asset in ASSETS:  # every file the page names is served, and nothing from elsewhere
             assert asset in pages[0] or asset == "/demo/player-worklet.js"
             async with http.get(base + asset) as r:
-                assert r.status == 200 and r.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+                assert r.status == 200 and r.headers["Content-Security-Policy"] == policy
                 assert r.content_type == ASSETS[asset][1].split(";")[0]
                 body = await r.text()
                 assert "http://" not in body.replace("http://www.w3.org/2000/svg", "") and "https://" not in body
         async with http.get(base + "/demo/../app.py") as r:
             assert r.status == 404
-    assert "'self'" in CONTENT_SECURITY_POLICY and "*" not in CONTENT_SECURITY_POLICY
-    assert "unsafe" not in CONTENT_SECURITY_POLICY
+    assert "'self'" in CONTENT_SECURITY_POLICY and "*" not in policy and "unsafe" not in policy
+
+
+@pytest.mark.parametrize("host", ["a.example; script-src *", "x y", "", "host:port"])
+def test_a_host_header_that_is_not_a_plain_host_is_not_written_into_the_policy(host):
+    assert content_security_policy(host) == CONTENT_SECURITY_POLICY
+
+
+@pytest.mark.parametrize("host", ["localhost:8765", "127.0.0.1", "[::1]:8080", "tts.example.org"])
+def test_a_plain_host_is_named_for_the_websocket(host):
+    assert f"ws://{host} wss://{host};" in content_security_policy(host)
 
 
 async def test_with_keys_the_page_needs_none_but_everything_it_uses_does(make_server, espeak):

@@ -42,6 +42,7 @@ const state = {
   playing: false,
   stopped: 0,
   clears: 0,
+  workletReceived: 0,
   consoleErrors: [],
 };
 window.demoState = state;
@@ -114,10 +115,12 @@ $("pitch").addEventListener("input", () => { $("pitch-value").textContent = $("p
 
 async function ensureAudio() {
   if (!context) {
+    // ?context_rate=44100 tries another rate (to hear, or test, the worklet's resampling).
+    const rate = Number(new URLSearchParams(location.search).get("context_rate")) || SOURCE_RATE;
     try {
-      context = new AudioContext({sampleRate: SOURCE_RATE, latencyHint: "interactive"});
+      context = new AudioContext({sampleRate: rate, latencyHint: "interactive"});
     } catch (error) {  // a browser that refuses the rate: the worklet resamples
-      console.warn("AudioContext at 48 kHz refused, using the device rate:", error);
+      console.warn(`AudioContext at ${rate} Hz refused, using the device rate:`, error);
       context = new AudioContext({latencyHint: "interactive"});
     }
     await context.audioWorklet.addModule("/demo/player-worklet.js");
@@ -143,6 +146,7 @@ function onPlayerState(s) {
   state.overflowSamples = s.overflowSamples;
   state.bufferFill = s.fill;
   state.clears = s.clears;
+  state.workletReceived = s.received;
   state.playing = s.playing;
   state.contextState = context.state;
   $("played").textContent = `${state.playedSeconds.toFixed(1)} s`;
