@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from tts_server.transport import PIPELINE
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
@@ -152,6 +154,27 @@ async def test_at_another_context_rate_the_worklet_resamples_without_gaps(make_s
     url = base + "/?context_rate=44100"
     after = await asyncio.to_thread(play_and_stop, browser, url, tmp_path / "demo.png", context_rate=44_100)
     assert after["playedSeconds"] > NON_SILENT_S
+
+
+async def test_closing_the_tab_mid_reply_frees_the_stream(make_server, espeak, browser):
+    from selenium.webdriver.common.by import By
+
+    base, app = await make_server(espeak)
+    pipeline = app[PIPELINE]
+
+    def open_and_leave() -> None:
+        browser.get(base + "/")
+        wait_for(browser, lambda s: s["status"] == "ready", "the page to load the voices", 10)
+        browser.find_element(By.ID, "simulate").click()
+        wait_for(browser, lambda s: s["framesReceived"] > 0 and s["tokensSent"] > 3, "the reply to start")
+        assert pipeline.active_streams == 1  # the page's /ws/stream
+        browser.get("about:blank")  # the page goes away mid-reply: its WebSocket closes
+
+    await asyncio.to_thread(open_and_leave)
+    deadline = asyncio.get_running_loop().time() + 5
+    while pipeline.active_streams and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    assert pipeline.active_streams == 0
 
 
 async def test_with_an_api_key_the_page_asks_for_it_then_plays(make_server, espeak, browser, tmp_path):
