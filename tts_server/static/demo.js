@@ -132,8 +132,14 @@ async function ensureAudio() {
     player.connect(context.destination);
     state.contextRate = context.sampleRate;
   }
-  if (context.state !== "running") await context.resume();  // we are inside the click's gesture
+  if (context.state !== "running") {
+    // We are inside the click's gesture. A browser without an audio output never resolves
+    // this: stream anyway (the buffer fills, nothing plays) and say so.
+    const waited = new Promise((resolve) => setTimeout(resolve, 2000));
+    await Promise.race([context.resume(), waited]);
+  }
   state.contextState = context.state;
+  if (context.state !== "running") console.warn(`the AudioContext is ${context.state}: no audio output?`);
 }
 
 function onPlayerState(s) {
@@ -207,7 +213,7 @@ function connect() {
 function onMessage(event) {
   if (typeof event.data !== "string") {
     if (discarding) { state.framesDiscarded += 1; return; }
-    if (state.framesReceived === 0 || state.ttfaMs === null) {
+    if (state.ttfaMs === null) {
       state.ttfaMs = performance.now() - sentAt;
       $("ttfa").textContent = `${state.ttfaMs.toFixed(0)} ms`;
     }
@@ -264,7 +270,7 @@ async function speak(text, {typeIntoBox = false} = {}) {
   $("ttfa").textContent = "…";
   $("rtf").textContent = "…";
   $("stop").disabled = false;
-  setStatus("speaking");
+  setStatus(context.state === "running" ? "speaking" : `speaking (audio output ${context.state})`);
   const voice = $("voice").value || null;
   const pitch = Number($("pitch").value);
   socket.send(JSON.stringify({voice}));
