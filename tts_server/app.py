@@ -1,5 +1,6 @@
 """Transport: the aiohttp application (``/ws/stream``, ``/api/speak``, ``/health``, ``/voices``,
-``/metrics``; the other seeds' protocols are added from :mod:`tts_server.protocols`).
+``/metrics``, the demo page at ``/`` from :mod:`tts_server.demo`; the other seeds' protocols
+are added from :mod:`tts_server.protocols`).
 
 A thin adapter over :class:`~tts_server.scheduler.Pipeline`: it parses messages
 (:mod:`tts_server.protocol`), feeds the client's stream and writes its events back.
@@ -27,6 +28,7 @@ import numpy as np
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from . import demo
 from .agent import agent_context
 from .config import Config, ServerSettings
 from .engines import TTSEngine
@@ -79,7 +81,7 @@ def create_app(
     app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args=handler_args(config.server))
     app[CONFIG] = config
     open_paths = ("/health", "/metrics") if config.server.metrics_public else ("/health",)
-    guards = Guards(config.server, open_paths=open_paths, unmetered_paths=UNMETERED_PATHS)
+    guards = Guards(config.server, open_paths=open_paths, unmetered_paths=UNMETERED_PATHS, page_paths=demo.PUBLIC_PATHS)
     guards.install(app)
     app[GUARDS] = guards
     app[SESSIONS] = set[Session]()
@@ -122,6 +124,8 @@ def create_app(
     soprano_ws.add_routes(app)
     kokoro_live.add_routes(app)
     kokorox.add_routes(app)
+    # The browser page at / (a WebSocket upgrade of / stays kokorox-websocket's) and /websocket-demo.
+    demo.add_routes(app, websocket_root=kokorox.ws_kokorox)
     return app
 
 

@@ -19,7 +19,8 @@ later is guarded without doing anything. In order:
    key (browsers send none on preflights); responses to allowed origins carry
    ``Access-Control-Allow-Origin``.
 4. **API key** (when ``[server] api_keys`` or ``TTS_API_KEYS`` holds any), on every path
-   but ``/health``: ``Authorization: Bearer KEY``, ``X-API-Key: KEY`` or ``?api_key=KEY``
+   but ``/health`` and a plain ``GET`` of the demo page's static files (``page_paths``):
+   ``Authorization: Bearer KEY``, ``X-API-Key: KEY`` or ``?api_key=KEY``
    (the only way a browser can authenticate a WebSocket). Keys are compared in constant
    time (SHA-256 digests, ``hmac.compare_digest``, every key compared). Missing or wrong:
    401 with ``WWW-Authenticate``; a WebSocket upgrade is refused this way before it is
@@ -210,6 +211,10 @@ class Guards:
         open_paths: paths served without an API key (``/health``).
         unmetered_paths: paths that do not count against a client's streams (cheap,
             bounded answers: ``/health``, ``/voices``).
+        page_paths: static pages and their scripts, served without an API key to a plain
+            ``GET``/``HEAD`` (never to a WebSocket upgrade of the same path) and not counted
+            against a client's streams: they hold no secret, and a browser must load the
+            page before it can ask its user for the key. Host and Origin rules still apply.
         environ: where ``TTS_API_KEYS`` is read (the process environment by default).
     """
 
@@ -219,12 +224,14 @@ class Guards:
         *,
         open_paths: Collection[str] = ("/health",),
         unmetered_paths: Collection[str] = ("/health", "/voices"),
+        page_paths: Collection[str] = (),
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.keys = load_keys(settings, environ)
         self.open_paths = frozenset(open_paths)
         self.unmetered_paths = frozenset(unmetered_paths)
+        self.page_paths = frozenset(page_paths)
         self.any_origin = "*" in settings.allowed_origins
         self.origins = {o for o in map(_origin_of, settings.allowed_origins) if o is not None}
         self.allow_null_origin = "null" in settings.allowed_origins
@@ -279,6 +286,14 @@ class Guards:
         own_host, own_port = _split_host(request.headers.get(hdrs.HOST, ""))
         return host == own_host and port == (own_port if own_port is not None else _DEFAULT_PORTS.get(scheme, -1))
 
+    def is_page(self, request: web.Request) -> bool:
+        """A plain ``GET``/``HEAD`` of one of ``page_paths`` (not a WebSocket upgrade)."""
+        return (
+            request.path in self.page_paths
+            and request.method in (hdrs.METH_GET, hdrs.METH_HEAD)
+            and hdrs.UPGRADE not in request.headers
+        )
+
     def key_of(self, request: web.Request) -> _Key | None:
         """The configured key the request presents, compared in constant time (``None``: none matches)."""
         presented = _presented_key(request)
@@ -320,7 +335,8 @@ class Guards:
         if request.method == hdrs.METH_OPTIONS and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
             return self._preflight(request)
         key = self.key_of(request) if self.keys else None
-        if self.keys and key is None and request.path not in self.open_paths:
+        page = self.is_page(request)
+        if self.keys and key is None and request.path not in self.open_paths and not page:
             return json_error(
                 401,
                 "missing or invalid API key: send Authorization: Bearer KEY, X-API-Key: KEY or ?api_key=KEY",
@@ -328,7 +344,7 @@ class Guards:
             )
         client = self.client_of(request, key)
         request[CLIENT] = client
-        metered = request.match_info.http_exception is None and request.path not in self.unmetered_paths
+        metered = request.match_info.http_exception is None and request.path not in self.unmetered_paths and not page
         if metered and not self.shares.acquire(client):
             held = self.shares.held(client)
             return json_error(

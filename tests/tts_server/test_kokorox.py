@@ -199,9 +199,15 @@ async def test_synthesize_is_refused_while_a_stream_is_open_and_over_the_limit(m
         assert messages[-1]["total_chunks"] == 1 and wav_of(messages[0]).size > 0  # nothing buffered was lost
 
 
-async def test_the_bare_path_without_an_upgrade_is_not_found(make_server, soprano_engine):
+async def test_the_bare_path_serves_the_demo_page_and_its_upgrade_stays_kokorox(make_server, soprano_engine):
     import aiohttp
 
     base, _ = await make_server(soprano_engine)
-    async with aiohttp.ClientSession() as http, http.get(base + "/") as r:
-        assert r.status == 404 and "/health" in (await r.json())["error"]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/") as r:  # a plain GET of / is the browser demo page
+            assert r.status == 200 and r.content_type == "text/html" and "/ws/stream" in await r.text()
+        async with http.get(base + "/ws/kokorox") as r:  # the protocol's own path still needs an upgrade
+            assert r.status == 404 and "/health" in (await r.json())["error"]
+    async with websockets.connect(ws_url(base, "/")) as ws:  # and an upgrade of / is kokorox-websocket
+        await send(ws, command="list_voices")
+        assert (await recv(ws))["type"] == "voices"

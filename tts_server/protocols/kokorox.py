@@ -319,7 +319,8 @@ async def ws_kokorox(request: web.Request) -> web.StreamResponse:
     """``GET /ws/kokorox`` (and ``GET /`` with a WebSocket upgrade): the seed-000 protocol.
 
     Raises:
-        HTTPNotFound: ``/`` without a WebSocket upgrade.
+        HTTPNotFound: a request without a WebSocket upgrade (``GET /`` without one is the
+            demo page of :mod:`tts_server.demo`, which hands only upgrades to this handler).
     """
     if not web.WebSocketResponse().can_prepare(request).ok:
         raise web.HTTPNotFound(text="this server's endpoints are listed by GET /health")
@@ -330,4 +331,4 @@ def add_routes(app: web.Application) -> None:
     """Serve this protocol on ``app`` (its guards apply: every route passes them)."""
     install(app, app[CONFIG].voices)
     app.router.add_get("/ws/kokorox", ws_kokorox)
-    app.router.add_get("/", ws_kokorox)
+    # ``/`` is shared with the demo page: tts_server.demo hands its WebSocket upgrades to ws_kokorox.
