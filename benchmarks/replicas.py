@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.capacity import ClientRun, _client, _model_dir, _replies, _summary
+from tts_server.service import inference_threads
 
 HAPROXY_CONFIG = Path(__file__).parents[1] / "deploy" / "haproxy.cfg"
 
@@ -157,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-interval-ms", type=float, default=25.0, help="time between LLM tokens")
     parser.add_argument("--start-buffer-ms", type=float, default=200.0, help="audio a client buffers before playing")
     cores = os.cpu_count() or 1
-    parser.add_argument("--threads-one", type=int, default=cores, help="torch threads of the single replica")
+    parser.add_argument(
+        "--threads-one",
+        type=int,
+        default=inference_threads(0),
+        help="torch threads of the single replica (default: the server's, all cores but one)",
+    )
     parser.add_argument("--threads-two", type=int, default=max(1, cores // 2), help="torch threads of each of two")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     args = parser.parse_args(argv)
