@@ -35,7 +35,7 @@ from .engines import TTSEngine
 from .events import OUTPUT_SAMPLE_RATE, PipelineBusy, UnknownVoice
 from .guards import Guards, handler_args, json_error, warn_if_exposed
 from .protocol import PitchShift
-from .protocols import kokoro_live, kokorox, openai_speech, soprano_ws
+from .protocols import kokoro_live, kokorox, openai_speech, soprano_ws, ttsfm_socketio
 from .protocols.common import BadRequest, RawEncoder, read_json_body, stream_audio_body
 from .scheduler import Pipeline
 from .service import build_pipeline
@@ -56,7 +56,16 @@ from .voice_stage import VoiceProvider
 log = logging.getLogger(__name__)
 
 #: Cheap, bounded answers that do not count against a client's streams (every other path does).
-UNMETERED_PATHS = ("/health", "/voices", "/metrics", "/v1/models", "/v1/audio/voices")
+# Socket.IO's HTTP requests are not streams: its generations take a client's share instead.
+UNMETERED_PATHS = (
+    "/health",
+    "/voices",
+    "/metrics",
+    "/v1/models",
+    "/v1/audio/voices",
+    "/socket.io/",
+    "/api/websocket/status",
+)
 
 
 def create_app(
@@ -81,7 +90,13 @@ def create_app(
     app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args=handler_args(config.server))
     app[CONFIG] = config
     open_paths = ("/health", "/metrics") if config.server.metrics_public else ("/health",)
-    guards = Guards(config.server, open_paths=open_paths, unmetered_paths=UNMETERED_PATHS, page_paths=demo.PUBLIC_PATHS)
+    guards = Guards(
+        config.server,
+        open_paths=open_paths,
+        unmetered_paths=UNMETERED_PATHS,
+        page_paths=demo.PUBLIC_PATHS,
+        self_reading_paths=(ttsfm_socketio.PATH,),
+    )
     guards.install(app)
     app[GUARDS] = guards
     app[SESSIONS] = set[Session]()
@@ -124,6 +139,7 @@ def create_app(
     soprano_ws.add_routes(app)
     kokoro_live.add_routes(app)
     kokorox.add_routes(app)
+    ttsfm_socketio.add_routes(app)
     # The browser page at / (a WebSocket upgrade of / stays kokorox-websocket's) and /websocket-demo.
     demo.add_routes(app, websocket_root=kokorox.ws_kokorox)
     return app

@@ -215,6 +215,9 @@ class Guards:
             ``GET``/``HEAD`` (never to a WebSocket upgrade of the same path) and not counted
             against a client's streams: they hold no secret, and a browser must load the
             page before it can ask its user for the key. Host and Origin rules still apply.
+        self_reading_paths: paths whose handler reads its body as a stream itself and bounds
+            that read by ``request_timeout_s`` (Socket.IO's polling): the middleware does not
+            read it first.
         environ: where ``TTS_API_KEYS`` is read (the process environment by default).
     """
 
@@ -225,6 +228,7 @@ class Guards:
         open_paths: Collection[str] = ("/health",),
         unmetered_paths: Collection[str] = ("/health", "/voices"),
         page_paths: Collection[str] = (),
+        self_reading_paths: Collection[str] = (),
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
@@ -232,6 +236,7 @@ class Guards:
         self.open_paths = frozenset(open_paths)
         self.unmetered_paths = frozenset(unmetered_paths)
         self.page_paths = frozenset(page_paths)
+        self.self_reading_paths = frozenset(self_reading_paths)
         self.any_origin = "*" in settings.allowed_origins
         self.origins = {o for o in map(_origin_of, settings.allowed_origins) if o is not None}
         self.allow_null_origin = "null" in settings.allowed_origins
@@ -354,7 +359,11 @@ class Guards:
                 {hdrs.RETRY_AFTER: "1"},
             )
         try:
-            if request.body_exists and not request.headers.get(hdrs.UPGRADE):
+            if (
+                request.body_exists
+                and not request.headers.get(hdrs.UPGRADE)
+                and request.path not in self.self_reading_paths
+            ):
                 try:
                     async with asyncio.timeout(self.settings.request_timeout_s):
                         await request.read()  # kept by aiohttp: the handler reads it again for free
