@@ -25,8 +25,8 @@ def test_clauses_cut_after_clause_marks_then_white_space_then_anywhere():
     assert list(clauses("Short one.")) == [("Short one.", "")]
 
 
-def test_a_long_segment_is_spoken_in_short_calls_and_lasts_as_long_as_in_one():
-    engine = EspeakEngine()
+def record_calls(engine: EspeakEngine) -> list[str]:
+    """The texts of the engine's calls into the real library, from now on."""
     real = engine._lib.synthesize
     calls: list[str] = []
 
@@ -34,7 +34,14 @@ def test_a_long_segment_is_spoken_in_short_calls_and_lasts_as_long_as_in_one():
         calls.append(text)
         return real(text, *args)
 
-    engine._lib.synthesize = recording  # the real library, its calls recorded
+    engine._lib.synthesize = recording  # type: ignore[method-assign]  # the real library, calls recorded
+    return calls
+
+
+def test_a_long_segment_is_spoken_in_short_calls_and_lasts_as_long_as_in_one():
+    engine = EspeakEngine()
+    real = engine._lib.synthesize
+    calls = record_calls(engine)
     audio = np.concatenate(list(engine.synthesize(LONG)))
     engine._lib.synthesize = real
     whole = real(LONG, engine.voice, engine.rate_wpm, engine.pitch)
@@ -47,14 +54,7 @@ def test_a_long_segment_is_spoken_in_short_calls_and_lasts_as_long_as_in_one():
 
 def test_a_short_segment_is_one_call_as_before():
     engine = EspeakEngine()
-    real = engine._lib.synthesize
-    calls: list[str] = []
-
-    def recording(text, *args):
-        calls.append(text)
-        return real(text, *args)
-
-    engine._lib.synthesize = recording
+    calls = record_calls(engine)
     text = "Hello there, this is espeak. And a second sentence."
     audio = np.concatenate(list(engine.synthesize(text)))
     assert calls == [text] and audio.size > engine.sample_rate

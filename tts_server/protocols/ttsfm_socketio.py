@@ -56,7 +56,7 @@ from ..guards import CLIENT, Client
 from ..segmenter import Segmenter
 from ..stream import Stream
 from ..transport import CONFIG, GUARDS, PIPELINE, STOPPING, estimate_speech_s, push_sliced
-from .common import VOICE_NAMES
+from .common import VOICE_NAMES, next_event
 from .openai_speech import make_encoder
 
 log = logging.getLogger(__name__)
@@ -299,18 +299,10 @@ class TTSFMServer:
         started = time.perf_counter()
         index = 0
         while index < total:
-            getter = asyncio.ensure_future(stream.get())
-            stopper = asyncio.ensure_future(stopping.wait())
-            try:
-                await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopper.cancel()
-                if not getter.done():
-                    getter.cancel()
-            if not getter.done() or getter.cancelled():
+            event = await next_event(stream, stopping)
+            if event is None:
                 await self._error(sid, request.request_id, "the server is shutting down")
                 return
-            event = getter.result()
             session.last_activity = time.monotonic()
             if isinstance(event, Audio):
                 parts.append(event.pcm)
