@@ -11,7 +11,11 @@ recorded (:mod:`testing.discord_voice`), decrypted and decoded. Per scenario and
 * ``silence_frames``: 20 ms silence frames inserted after the reply began playing
   (stalls a listener hears); ``silent_packets`` cross-checks it on the decoded audio;
 * ``start_delay_ms``: how long the first audio was held back for pacing; ``rtf``: the
-  pipeline's measured real-time factor over the reply.
+  pipeline's measured real-time factor over the reply;
+* ``gap_ms`` (back-to-back scenarios): from the previous reply's last frame to this
+  reply's first (0: they share a frame); ``gap_silent_packets``: silent packets between
+  the previous reply's last voiced packet and this reply's first, against
+  ``longest_pause_packets``, the longest silent run inside a reply (its sentence pauses).
 
 Scenarios (real-size models with random weights, so the cost is the real models'):
 
@@ -19,11 +23,15 @@ Scenarios (real-size models with random weights, so the cost is the real models'
 * ``soprano+rvc``: the same, then RVC v2 48 kHz (HuBERT-base, F0 ``pm``) through the
   server's voice catalog; on a CPU this runs slower than real time;
 * ``soprano+rvc, no delay``: the same with the start delay switched off (playback starts
-  with the first audio), to show what the delay prevents.
+  with the first audio), to show what the delay prevents;
+* ``soprano, back to back``: all replies asked at once, so each waits behind the one
+  before; the next reply's LLM request and synthesis start once the one before has all
+  its audio buffered (``[bot] prefetch_next_reply``), and ``..., no prefetch`` starts it
+  only when the one before has finished playing, for comparison in the same run.
 
 Usage::
 
-    python -m benchmarks.bot [--replies 3] [--scenarios soprano soprano+rvc soprano+rvc,no-delay] [--json out.json]
+    python -m benchmarks.bot [--replies 3] [--scenarios soprano soprano,back-to-back ...] [--json out.json]
 
 Not a test: timings depend on the machine.
 """
@@ -60,7 +68,13 @@ REPLIES = [
     "Rain fell softly on the little town all night. In the morning the streets shone like glass. "
     "The baker opened his door and smiled.",
 ]
-SCENARIOS = ("soprano", "soprano+rvc", "soprano+rvc,no-delay")
+SCENARIOS = (
+    "soprano",
+    "soprano,back-to-back",
+    "soprano,back-to-back,no-prefetch",
+    "soprano+rvc",
+    "soprano+rvc,no-delay",
+)
 TOKENS_PER_S = 40.0
 VOICE_RMS = 1e-3
 SOPRANO_AUDIO_TOKENS = 25  # 1.6 s of audio per sentence
@@ -125,8 +139,10 @@ async def run_scenario(name: str, engine: Any, voices: Any, replies: int) -> dic
     pipeline.start()
     llm_server = LocalLLM()
     await llm_server.start()
+    back_to_back = "back-to-back" in name
     config = BotConfig(
-        bot=BotSettings(history_messages=0), llm=LLMSettings(base_url=llm_server.base_url, timeout_s=60.0)
+        bot=BotSettings(history_messages=0, prefetch_next_reply=not name.endswith("no-prefetch")),
+        llm=LLMSettings(base_url=llm_server.base_url, timeout_s=60.0),
     )
     backend = EmbeddedTTS(pipeline)
     estimate = await measure(backend, "Warming up the pipeline. This is a second sentence.")
@@ -142,7 +158,11 @@ async def run_scenario(name: str, engine: Any, voices: Any, replies: int) -> dic
         await _invoke(cog.join, cog, ctx)
         session = sessions.get(guild.id)
         vc = voice.voice_clients[-1]
-        for i in range(replies):
+        if back_to_back:
+            rows = await _back_to_back(cog, ctx, session, vc, llm_server, replies)
+            for row in rows:
+                row["rtf"] = services.estimate(None).rtf
+        for i in range(0 if back_to_back else replies):
             reply_text = REPLIES[i % len(REPLIES)]
             tokens = text_pieces(reply_text)
             llm_server.queue(Script(tokens, delay_s=1.0 / TOKENS_PER_S))
@@ -190,12 +210,65 @@ async def run_scenario(name: str, engine: Any, voices: Any, replies: int) -> dic
     return {"scenario": name, "warmup_rtf": estimate.rtf, "rows": rows}
 
 
+async def _back_to_back(
+    cog: Any, ctx: Any, session: Any, vc: Any, llm_server: Any, replies: int
+) -> list[dict[str, Any]]:
+    """Ask ``replies`` questions at once; one row per reply, with the gap after the one before."""
+    from testing.discord_voice import decode_packets
+    from testing.llm_server import Script
+    from tts_server import text_pieces
+
+    for i in range(replies):
+        llm_server.queue(Script(text_pieces(REPLIES[i % len(REPLIES)]), delay_s=1.0 / TOKENS_PER_S))
+    await asyncio.sleep(0.3)
+    t_cmd = time.perf_counter()
+    for i in range(replies):
+        await _invoke(cog.speak, cog, ctx, prompt=f"tell me story {i + 1}")
+    jobs: list[Any] = []
+    while session.busy:
+        jobs += [job for job in session.active if job not in jobs]
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    if len(jobs) != replies or any(job.outcome != "done" or job.reply is None for job in jobs):
+        raise RuntimeError(f"back-to-back replies failed: {[job.outcome for job in jobs]}")
+    decoded = decode_packets(vc.recorder.snapshot(), vc.recorder.secret_key)
+    voiced = decoded.rms() > VOICE_RMS
+    rows: list[dict[str, Any]] = []
+    previous: tuple[Any, int] | None = None  # (playback, index of its last voiced packet)
+    for i, job in enumerate(jobs):
+        playback = job.reply.playback
+        start = int(np.searchsorted(decoded.times, playback.started_at))
+        end = int(np.searchsorted(decoded.times, playback.done_at, side="right")) + 1  # its last frame
+        inside = np.flatnonzero(voiced[start:end]) + start
+        first, last = int(inside[0]), int(inside[-1])
+        runs = np.diff(np.flatnonzero(voiced[first : last + 1])) - 1
+        rows.append(
+            {
+                "reply": i + 1,
+                "cmd_to_voice_ms": (decoded.times[first] - t_cmd) * 1000,
+                "llm_request_before_previous_end_ms": None
+                if previous is None
+                else (previous[0].done_at - llm_server.requests[-replies + i].received_at) * 1000,
+                "gap_ms": None if previous is None else (playback.started_at - previous[0].done_at) * 1000,
+                "gap_silent_packets": None if previous is None else max(0, first - previous[1] - 1),
+                "longest_pause_packets": int(runs.max()) if runs.size else 0,
+                "silence_frames": playback.underrun_frames,
+                "start_delay_ms": (job.reply.start_delay_s or 0.0) * 1000,
+                "audio_s": job.reply.audio_s,
+            }
+        )
+        log.info("back to back reply %d: %s", i + 1, rows[-1])
+        previous = (playback, last)
+    return rows
+
+
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """Medians (and totals of silence) over a scenario's replies."""
     rows = result["rows"]
 
-    def med(key: str) -> float:
-        return statistics.median(r[key] for r in rows)
+    def med(key: str) -> float | None:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return statistics.median(values) if values else None
 
     return {
         "scenario": result["scenario"],
@@ -203,7 +276,12 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "cmd_to_voice_ms": med("cmd_to_voice_ms"),
         "sentence_to_voice_ms": med("sentence_to_voice_ms"),
         "silence_frames": sum(r["silence_frames"] for r in rows),
-        "silent_packets": sum(r["silent_packets"] for r in rows),
+        "silent_packets": sum(r.get("silent_packets", 0) for r in rows),
+        "gap_ms": med("gap_ms"),
+        "gap_silent_packets": med("gap_silent_packets"),
+        "longest_pause_packets": max(
+            (r["longest_pause_packets"] for r in rows if "longest_pause_packets" in r), default=None
+        ),
         "start_delay_ms": med("start_delay_ms"),
         "audio_s": med("audio_s"),
         "rtf": rows[-1]["rtf"],
@@ -217,13 +295,19 @@ def format_table(summaries: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"medians over replies of ~{summaries[0]['audio_s']:.1f} s"
         if summaries
         else "",
-        f"{'scenario':<22} {'rtf':>5} {'!speak→voice ms':>16} {'sentence→voice ms':>18} {'start delay ms':>15} "
-        f"{'silence frames':>15} {'silent pkts':>12}",
+        f"{'scenario':<32} {'rtf':>5} {'!speak→voice ms':>16} {'sentence→voice ms':>18} {'start delay ms':>15} "
+        f"{'silence frames':>15} {'silent pkts':>12} {'gap ms':>7} {'gap pkts':>9} {'max pause pkts':>15}",
     ]
+
+    def cell(value: float | None, width: int) -> str:
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}.0f}"
+
     for s in summaries:
         lines.append(
-            f"{s['scenario']:<22} {s['rtf']:>5.2f} {s['cmd_to_voice_ms']:>16.0f} {s['sentence_to_voice_ms']:>18.0f} "
-            f"{s['start_delay_ms']:>15.0f} {s['silence_frames']:>15d} {s['silent_packets']:>12d}"
+            f"{s['scenario']:<32} {s['rtf']:>5.2f} {cell(s['cmd_to_voice_ms'], 16)} "
+            f"{cell(s['sentence_to_voice_ms'], 18)} {cell(s['start_delay_ms'], 15)} {s['silence_frames']:>15d} "
+            f"{s['silent_packets']:>12d} {cell(s['gap_ms'], 7)} {cell(s['gap_silent_packets'], 9)} "
+            f"{cell(s['longest_pause_packets'], 15)}"
         )
     return "\n".join(lines)
 

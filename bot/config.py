@@ -35,6 +35,7 @@ class BotSettings(_Section):
     edit_interval_s: Annotated[float, msgspec.Meta(ge=0.2)] = 1.2
     opus_library: str = ""
     max_queued_replies: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
+    prefetch_next_reply: bool = True
     buffer_s: Annotated[float, msgspec.Meta(ge=1, le=600)] = 60.0
     connect_timeout_s: PosFloat = 15.0
     sync_commands: bool = True

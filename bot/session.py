@@ -6,9 +6,15 @@ A :class:`GuildSession` owns, for one guild:
   that lives as long as the session; it is never stopped and restarted between
   replies (a fresh ``play()`` is made only after the old player thread has ended on its
   own, e.g. after a dropped connection);
-* a bounded queue of replies worked off one at a time by the session's worker task, so
-  a second ``speak`` waits behind the first; past ``max_queued_replies`` a new reply
-  is refused (nothing queued is dropped);
+* a bounded queue of replies worked off in order by the session's worker task, so a
+  second ``speak`` waits behind the first; past ``max_queued_replies`` a new reply is
+  refused (nothing queued is dropped);
+* back to back replies: once a reply's audio is all written (it may still be playing
+  for a minute), the next queued reply starts, its LLM request and its TTS stream, so
+  that its audio follows the last sample of the one before with no gap
+  (``[bot] prefetch_next_reply``). One reply at most is prepared ahead of the one
+  playing; ``stop`` drops both, and its LLM request sees the reply before it as
+  history;
 * the guild's voice and pitch settings and its home voice channel (the one it was last
   asked into), kept across restarts by :class:`SessionManager` in a
   :class:`~bot.guild_store.GuildStore` when one is configured.
@@ -45,12 +51,15 @@ from .errors import (
 from .guild_store import GuildSettings, GuildStore
 from .history import INTERRUPTED_MARK, ConversationHistory, Turn
 from .live_text import LiveText, Send
-from .llm import LLMClient
+from .llm import LLMClient, Message
 from .pacing import RateEstimate, StartGate
 from .speech import Reply, iterate
 from .tts import TTSBackend, measure
 
 log = logging.getLogger(__name__)
+
+#: The note a turn cut off by a fault gets in the history.
+CUT_OFF_NOTE = "[cut off by an error]"
 
 #: How long ``stop`` waits for the interrupted reply to be wound up before answering.
 STOP_WAIT_S = 2.0
@@ -123,6 +132,7 @@ class Job:
         send: posts a message in that channel.
         submitted_at: ``time.perf_counter()`` at submission.
         reply: the reply once it runs.
+        written: set when the reply's audio is all written (or it ended without).
         interrupted: ``stop`` cut it off (or dropped it from the queue).
         failure: a fault that aborted it from outside (the bot was disconnected).
         outcome: set when it is over: ``"done"``, ``"interrupted"`` or ``"failed"``.
@@ -140,6 +150,7 @@ class Job:
     outcome: str = ""
     failure: BotError | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    written: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -169,9 +180,14 @@ class GuildSession:
         self.home_channel_id: int | None = None
         self.source = BufferSource(cfg.bot.buffer_s)
         self.voice_client: discord.VoiceClient | None = None
-        self.current: Job | None = None
+        #: The replies under way, in playing order: the one playing (or about to), and
+        #: at most one being prepared behind it.
+        self.active: list[Job] = []
+        #: The reply that ended last.
         self.last_job: Job | None = None
         self.max_queued = cfg.bot.max_queued_replies
+        self.prefetch = cfg.bot.prefetch_next_reply
+        self._changed = asyncio.Event()  # a reply under way was written or ended
         # Bounded in submit(): the reply about to be picked up by the worker does not count
         # as waiting, so the queue itself is not given a maxsize.
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
@@ -191,9 +207,14 @@ class GuildSession:
         return vc.channel if vc is not None and vc.is_connected() else None
 
     @property
+    def current(self) -> Job | None:
+        """The reply playing (or about to play), ``None`` when none is under way."""
+        return self.active[0] if self.active else None
+
+    @property
     def busy(self) -> bool:
         """True while a reply plays or waits."""
-        return self.current is not None or not self._queue.empty()
+        return bool(self.active) or not self._queue.empty()
 
     async def join(self, channel: discord.VoiceChannel | discord.StageChannel) -> discord.VoiceClient:
         """Connect to ``channel`` (or move there) and make sure the player runs.
@@ -308,7 +329,7 @@ class GuildSession:
         Raises:
             QueueFull: ``max_queued_replies`` replies are already waiting.
         """
-        ahead = self._queue.qsize() + (self.current is not None)
+        ahead = self._queue.qsize() + len(self.active)
         if ahead > self.max_queued:  # one is being spoken (or about to be), the rest wait
             raise QueueFull(
                 f"{self.max_queued} {'reply is' if self.max_queued == 1 else 'replies are'} already waiting "
@@ -332,27 +353,29 @@ class GuildSession:
             queued.outcome = "interrupted"
             queued.finished.set()
             dropped += 1
-        job = self.current
-        if job is not None:
+        jobs = list(self.active)
+        for job in jobs:
             job.interrupted = True
             if job.task is not None:
                 job.task.cancel()  # first: the reply handles no further event
         self.source.clear()
-        if job is None:
+        if not jobs:
             return StopReport(False, dropped)
-        if job.reply is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(job.reply.tts.cancel(), 1.0)
+        dropped += len(jobs) - 1  # the one prepared behind the one playing had not been heard
+        for job in jobs:
+            if job.reply is not None and not job.written.is_set():  # its TTS stream is still open
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(job.reply.tts.cancel(), 1.0)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(job.finished.wait()), STOP_WAIT_S)
+            await asyncio.wait_for(asyncio.gather(*(asyncio.shield(j.finished.wait()) for j in jobs)), STOP_WAIT_S)
         return StopReport(True, dropped)
 
     def _fail_current(self, error: BotError) -> None:
         """Abort the reply in progress and the queue because of ``error`` (reported in the channel)."""
-        job = self.current
-        if job is not None and job.task is not None:
-            job.failure = error
-            job.task.cancel()
+        for job in self.active:
+            if job.task is not None:
+                job.failure = error
+                job.task.cancel()
         self.source.clear()
         while not self._queue.empty():
             queued = self._queue.get_nowait()
@@ -372,18 +395,41 @@ class GuildSession:
     # -- the worker --------------------------------------------------------------------------
 
     async def _work(self) -> None:
+        try:
+            while True:
+                await self._room_for_next()
+                job = await self._queue.get()
+                if job.finished.is_set():
+                    continue
+                self.active.append(job)
+                job.task = asyncio.create_task(self._run(job), name=f"guild-{self.guild_id}-reply")
+                job.task.add_done_callback(functools.partial(self._ended, job))
+        finally:  # the session is closing: nothing may be left under way
+            for job in self.active:
+                if job.task is not None:
+                    job.task.cancel()
+
+    async def _room_for_next(self) -> None:
+        """Wait until the next reply may start: when none is under way, or (prefetching)
+        when the one under way has written all its audio and none is prepared behind it."""
         while True:
-            job = await self._queue.get()
-            if job.finished.is_set():
-                continue
-            self.current = job
-            job.task = asyncio.create_task(self._run(job), name=f"guild-{self.guild_id}-reply")
-            try:
-                await asyncio.wait({job.task})
-            finally:
-                self.current = None
-                self.last_job = job
-                job.finished.set()
+            active = self.active
+            if not active or (self.prefetch and len(active) == 1 and active[0].written.is_set()):
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _ended(self, job: Job, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self.active.remove(job)
+        self.last_job = job
+        job.written.set()
+        job.finished.set()
+        self._changed.set()
+
+    def _written(self, job: Job) -> None:
+        job.written.set()
+        self._changed.set()
 
     async def _run(self, job: Job) -> None:
         """Run one job, and report and record its outcome, whatever happens."""
@@ -406,8 +452,9 @@ class GuildSession:
             error = exc
             job.outcome = "failed"
         finally:
-            if job.reply is not None and job.outcome != "done":
-                self.source.clear()
+            self._written(job)
+            if job.reply is not None and job.reply.playback is not None and job.outcome != "done":
+                self.source.drop(job.reply.playback)
         try:
             await self._wind_up(job, live, error)
         except Exception:  # reporting must not take the worker down either
@@ -417,7 +464,7 @@ class GuildSession:
         services = self.services
         await self._ready_to_play()
         stream = await services.tts.open_stream(self.guild_id, self.voice)
-        completed = False
+        completed = False  # the TTS stream is done with (closed before playback ends)
         try:
             reply = Reply(
                 stream,
@@ -430,10 +477,11 @@ class GuildSession:
             )
             job.reply = reply
             if job.kind == "speak":
-                messages = services.llm.messages(services.history.messages(job.channel_id), f"{job.author}: {job.text}")
-                await reply.run(services.llm.stream_reply(messages))
+                history = services.history.messages(job.channel_id) + self._ahead_of(job)
+                messages = services.llm.messages(history, f"{job.author}: {job.text}")
+                await reply.synthesize(services.llm.stream_reply(messages))
             else:
-                await reply.run(iterate(text_pieces(job.text)))
+                await reply.synthesize(iterate(text_pieces(job.text)))
             completed = True
         finally:
             if not completed:  # drop what the pipeline still holds for this reply
@@ -441,6 +489,24 @@ class GuildSession:
                     await asyncio.shield(stream.cancel())
             with contextlib.suppress(Exception):
                 await stream.close()
+        self._written(job)  # the next queued reply may start now (it plays after this one)
+        await reply.wait_played()
+
+    def _ahead_of(self, job: Job) -> list[Message]:
+        """The turns of the replies still playing ahead of ``job`` in its channel, as their
+        history will record them if they play to the end (if one does not, ``stop`` or the
+        fault that cuts it off ends ``job`` too)."""
+        messages: list[Message] = []
+        for ahead in self.active:
+            reply = ahead.reply
+            if ahead is job or ahead.kind != "speak" or ahead.channel_id != job.channel_id or reply is None:
+                continue
+            if ahead.outcome == "failed":
+                continue
+            cut = reply.llm_error is not None
+            turn = Turn(ahead.author, ahead.text, reply.text.strip(), cut, CUT_OFF_NOTE if cut else "")
+            messages += turn.messages()
+        return messages
 
     async def _wind_up(self, job: Job, live: LiveText | None, error: BaseException | None) -> None:
         """Post the final text and any error, and record the turn in the history."""
@@ -471,7 +537,7 @@ class GuildSession:
                 turn = Turn(job.author, job.text, reply.text.strip())
             else:
                 heard, _ = reply.heard()  # whole sentences heard; Turn marks the cut with "…"
-                note = INTERRUPTED_MARK if job.outcome == "interrupted" else "[cut off by an error]"
+                note = INTERRUPTED_MARK if job.outcome == "interrupted" else CUT_OFF_NOTE
                 turn = Turn(job.author, job.text, heard, True, note)
             self.services.history.record(job.channel_id, turn)
         if reply is not None:

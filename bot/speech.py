@@ -9,7 +9,9 @@
   holding playback back until :class:`~bot.pacing.StartGate` says the reply will not
   stall, and ends when the stream confirms the flush.
 
-Then :meth:`Reply.run` waits until the last frame has gone to the player. Cancelling
+Then :meth:`Reply.run` waits until the last frame has gone to the player. The two halves
+are :meth:`Reply.synthesize` and :meth:`Reply.wait_played`: the bot begins the next queued
+reply between them, so that it is ready when this one ends. Cancelling
 the task that runs it (``stop``) leaves the reply's figures readable: what was heard
 (:meth:`Reply.heard`) is what the conversation history records.
 """
@@ -91,11 +93,23 @@ class Reply:
         self._gate: StartGate | None = None
 
     async def run(self, pieces: AsyncIterable[str]) -> None:
-        """Speak the pieces; returns once the last frame has been handed to the player.
+        """Speak the pieces; returns once the last frame has been handed to the player
+        (:meth:`synthesize`, then :meth:`wait_played`).
 
         Raises:
             TTSError: the TTS stream failed (``TTSUnavailable``: connection lost).
             VoiceConnectionLost: (from ``check_playback``) the audio cannot be played.
+        """
+        await self.synthesize(pieces)
+        await self.wait_played()
+
+    async def synthesize(self, pieces: AsyncIterable[str]) -> None:
+        """Send the pieces through the TTS stream into the buffer; returns once the stream
+        has confirmed the flush, with all the reply's audio written (and released). It may
+        still be playing, or waiting behind the reply before it.
+
+        Raises:
+            TTSError: the TTS stream failed (``TTSUnavailable``: connection lost).
         """
         self.started_at = time.perf_counter()
         self.playback = self.source.begin_reply(hold=True)
@@ -113,7 +127,6 @@ class Reply:
             for task in (feeder, consumer):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        await self._wait_played()
 
     def heard(self) -> tuple[str, bool]:
         """What the listeners heard: the text of the segments fully played, and whether more
@@ -195,8 +208,13 @@ class Reply:
                 self.estimate.seconds_per_char,
             )
 
-    async def _wait_played(self) -> None:
-        assert self.playback is not None
+    async def wait_played(self) -> None:
+        """Return once the reply's last frame has been handed to the player (or it was dropped).
+
+        Raises:
+            VoiceConnectionLost: (from ``check_playback``) the audio cannot be played.
+        """
+        assert self.playback is not None, "synthesize() first"
         while not self.playback.done:
             if self.check_playback is not None:
                 self.check_playback()

@@ -26,7 +26,7 @@ def test_float_mono_becomes_clipped_s16_stereo():
 
 def test_reads_are_whole_frames_in_order_and_the_tail_is_padded():
     source = BufferSource()
-    source.begin_reply()
+    playback = source.begin_reply()
     ramp = (np.arange(2500) / 10_000).astype(np.float32)
     source.write(ramp[:1000])
     source.write(ramp[1000:])
@@ -36,7 +36,6 @@ def test_reads_are_whole_frames_in_order_and_the_tail_is_padded():
     got = np.concatenate([mono(f) for f in frames[:3]])
     assert np.array_equal(got[:2500], np.round(ramp * 32767).astype(np.int16))
     assert not got[2500:].any() and frames[3] == SILENCE
-    playback = source._reply
     assert playback.done and playback.audio_frames == 3 and playback.played_samples == 2500
 
 
@@ -111,3 +110,89 @@ def test_a_writer_and_the_player_thread_do_not_lose_or_reorder_samples():
     thread.join(10)
     got = np.concatenate([mono(f) for f in out])[:total]
     assert np.array_equal(got, np.round(values * 32767).astype(np.int16))
+
+
+def test_the_next_reply_follows_the_last_sample_of_the_one_before_in_the_same_frame():
+    source = BufferSource()
+    a_audio = (np.arange(2400) / 10_000).astype(np.float32)  # 2.5 frames
+    b_audio = -(np.arange(1920) / 10_000).astype(np.float32)  # 2 frames
+    a = source.begin_reply()
+    source.write(a_audio)
+    source.end_reply()
+    assert source.read() != SILENCE  # a plays while b is begun and written
+    b = source.begin_reply(hold=True)
+    source.write(b_audio)
+    source.release()
+    source.end_reply()
+    assert source.buffered_samples == 2400 - FRAME_SAMPLES + 1920
+    frames = frames_of(source, 5)  # 1.5 frames of a, then 2 of b, in 4 frames
+    got = np.concatenate([mono(f) for f in frames[:4]])
+    expected = np.round(np.concatenate([a_audio[FRAME_SAMPLES:], b_audio]) * 32767).astype(np.int16)
+    assert np.array_equal(got[: expected.size], expected)  # no sample of silence between them
+    assert not got[expected.size :].any() and frames[4] == SILENCE
+    assert a.done and not a.interrupted and a.played_samples == 2400 and a.audio_frames == 3
+    assert b.done and not b.interrupted and b.played_samples == 1920 and b.audio_frames == 3
+    assert a.underrun_frames == b.underrun_frames == 0
+    assert b.started_at is not None and a.done_at is not None and b.started_at <= a.done_at
+
+
+def test_a_held_next_reply_waits_after_the_one_before_without_counting_underruns():
+    source = BufferSource()
+    a = source.begin_reply()
+    source.write(np.full(FRAME_SAMPLES, 0.1, np.float32))
+    source.end_reply()
+    b = source.begin_reply(hold=True)
+    source.write(np.full(2 * FRAME_SAMPLES, 0.2, np.float32))
+    assert source.read() != SILENCE and a.done
+    assert frames_of(source, 3) == [SILENCE] * 3
+    assert b.started_at is None and b.underrun_frames == 0 and a.underrun_frames == 0
+    source.release()
+    assert all(f != SILENCE for f in frames_of(source, 2))
+    assert source.read() == SILENCE and b.underrun_frames == 1  # begun, not ended: a stall
+    source.end_reply()
+    assert source.read() == SILENCE and b.done and b.underrun_frames == 1
+
+
+def test_drop_takes_out_one_reply_and_clear_all_of_them():
+    source = BufferSource()
+    a = source.begin_reply()
+    source.write(np.full(5 * FRAME_SAMPLES, 0.1, np.float32))
+    source.end_reply()
+    b = source.begin_reply()
+    source.write(np.full(3 * FRAME_SAMPLES, 0.2, np.float32))
+    assert source.drop(b) == 3 * FRAME_SAMPLES
+    assert b.done and b.interrupted and source.buffered_samples == 5 * FRAME_SAMPLES
+    with pytest.raises(RuntimeError):
+        source.write(np.ones(10, np.float32))  # the dropped reply takes no more audio
+    assert all(mono(f)[0] == round(0.1 * 32767) for f in frames_of(source, 5))
+    assert a.done and not a.interrupted and source.read() == SILENCE
+    c = source.begin_reply()
+    source.write(np.full(4 * FRAME_SAMPLES, 0.3, np.float32))
+    source.end_reply()
+    d = source.begin_reply()
+    source.write(np.full(2 * FRAME_SAMPLES, 0.4, np.float32))
+    assert source.clear() == 6 * FRAME_SAMPLES
+    assert c.interrupted and d.interrupted and source.read() == SILENCE and source.buffered_samples == 0
+
+
+def test_a_reply_begun_before_the_one_before_ended_drops_that_one():
+    source = BufferSource()
+    a = source.begin_reply()
+    source.write(np.full(3 * FRAME_SAMPLES, 0.1, np.float32))  # its writer gave up: never ended
+    b = source.begin_reply()
+    assert a.done and a.interrupted and source.buffered_samples == 0
+    source.write(np.full(FRAME_SAMPLES, 0.2, np.float32))
+    source.end_reply()
+    assert mono(source.read())[0] == round(0.2 * 32767) and b.done
+
+
+def test_full_counts_the_audio_of_every_reply_buffered():
+    source = BufferSource(max_buffer_s=1.0)
+    source.begin_reply()
+    source.write(np.zeros(30_000, np.float32))
+    source.end_reply()
+    source.begin_reply()
+    source.write(np.zeros(17_000, np.float32))
+    assert not source.full
+    source.write(np.zeros(1_000, np.float32))
+    assert source.full
