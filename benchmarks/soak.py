@@ -364,7 +364,18 @@ async def run_noise(args: argparse.Namespace, base: str) -> dict:
             await asyncio.gather(*tasks, return_exceptions=True)
     for task in tasks:
         task.cancel()
-    return {"errors": dict(soak.errors), "refusals": dict(soak.refusals), "actions": dict(soak.actions)}
+    return {
+        "errors": dict(soak.errors),
+        "refusals": dict(soak.refusals),
+        "actions": dict(soak.actions),
+        "cpu_s": _cpu_s(psutil.Process()),
+    }
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 async def run(args: argparse.Namespace, base: str, pid: int) -> dict:
@@ -376,12 +387,16 @@ async def run(args: argparse.Namespace, base: str, pid: int) -> dict:
     if unknown:
         raise SystemExit(f"unknown noise {sorted(unknown)}: choose from {', '.join(sorted(known))}")
     soak = Soak(base, args.pause_s)
+    server, here = psutil.Process(pid), psutil.Process()
+    cpu: dict[str, float] = {}  # CPU seconds used per process and phase
     rss: list[tuple[float, float]] = []
     health: list[float] = []
     sampler_stop = asyncio.Event()
     sampler = asyncio.create_task(sample(pid, base, sampler_stop, rss, health))
     honest = asyncio.create_task(soak.honest())
+    marks = [(time.perf_counter(), _cpu_s(server), _cpu_s(here))]
     await asyncio.sleep(args.duration_s * args.alone_fraction)
+    marks.append((time.perf_counter(), _cpu_s(server), _cpu_s(here)))
     soak.phase = "noise"
     noise_s = args.duration_s * (1 - args.alone_fraction)
     child = await asyncio.create_subprocess_exec(
@@ -398,8 +413,15 @@ async def run(args: argparse.Namespace, base: str, pid: int) -> dict:
         str(args.pause_s),
         stdout=asyncio.subprocess.PIPE,
     )
+    if args.noise_cpus:
+        os.sched_setaffinity(child.pid, {int(c) for c in args.noise_cpus.split(",")})
     out, _ = await child.communicate()
     noise = json.loads(out)
+    marks.append((time.perf_counter(), _cpu_s(server), _cpu_s(here)))
+    for phase, (t0, server0, here0), (t1, server1, here1) in zip(("alone", "noise"), marks, marks[1:], strict=False):
+        cpu[f"server, {phase}"] = (server1 - server0) / (t1 - t0)
+        cpu[f"honest client and sampler, {phase}"] = (here1 - here0) / (t1 - t0)
+    cpu["noisy clients, noise"] = noise["cpu_s"] / noise_s
     soak.stopping.set()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(40):
@@ -424,6 +446,7 @@ async def run(args: argparse.Namespace, base: str, pid: int) -> dict:
         "refusals": noise["refusals"],
         "actions": noise["actions"],
         "hung_streams": hung,
+        "cores_used": cpu,
         "rss_mb": rss,
         "health_s": health,
     }
@@ -438,6 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pause-s", type=float, default=0.5, help="pause between two actions of a noisy client")
     parser.add_argument("--idle-timeout-s", type=float, default=10.0, help="the server's idle_timeout_s")
     parser.add_argument("--gil-switch-interval-ms", type=float, default=1.0, help="the server's gil_switch_interval_ms")
+    parser.add_argument(
+        "--noise-cpus",
+        default="",
+        help="comma-separated CPUs the noisy clients' process is pinned to (default: any); on one machine "
+        "their own work competes with the server for the cores, which a remote client's would not",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     parser.add_argument("--noise-only", metavar="URL", help=argparse.SUPPRESS)  # the child process of `run`
     args = parser.parse_args(argv)
@@ -527,6 +556,11 @@ def print_report(args: argparse.Namespace, results: dict) -> None:
     print(
         f"/health: p50 {ms(percentile(health, 0.5))}, p95 {ms(percentile(health, 0.95))}, "
         f"max {ms(max(health) if health else None)}, unanswered {len(results['health_s']) - len(health)}"
+    )
+    cores = ", ".join(f"{name} {used:.2f}" for name, used in results["cores_used"].items())
+    print(
+        f"cores used (CPU s per s): {cores}"
+        + (f"; noisy clients pinned to CPU {args.noise_cpus}" if args.noise_cpus else "")
     )
     print(f"hung streams after the noise stopped: {results['hung_streams']}")
     print(f"SIGTERM: exit status {results['sigterm_exit_status']} after {results['sigterm_exit_s']:.1f} s")

@@ -10,8 +10,10 @@ loop for long: a token longer than :data:`INLINE_TEXT_CHARS` (up to 10 000 chara
 up to 30 ms of segmenting when it holds 5 000 sentences) is cut in slices of at most
 :data:`LOOP_SLICE_S`, the other clients served in between (:func:`push_sliced`); the
 session reads the client's next message only once it is done, so order, cancel and the
-pending-text bound are exact. The loop also yields after every message, so a client
-flooding messages gets its turn like the others instead of all of them. Why not a
+pending-text bound are exact. Messages waiting on one socket are handled in a row until
+they have taken :data:`LOOP_SLICE_S` of loop time, then the other clients are let in: a
+client flooding messages gets its turn like the others instead of all of them, and one
+that sends a sentence as eight tokens and a flush does not wait eight turns for its flush. Why not a
 worker thread: segmenting is Python and holds the GIL, and with a thread doing it every
 socket write of the loop (which releases the GIL) waited up to a 5 ms switch interval to
 get it back; a 10 000-character token stalled the loop 30 ms that way, in slices it
@@ -54,7 +56,7 @@ MAX_BODY_BYTES = 1 << 20
 #: Text up to this many characters is cut into segments in one go (well under a
 #: millisecond); longer text is cut in slices of :data:`LOOP_SLICE_S`.
 INLINE_TEXT_CHARS = 256
-#: Longest stretch the event loop spends on one client's text before serving the others.
+#: Longest stretch the event loop spends on one client's text or messages before serving the others.
 LOOP_SLICE_S = 0.002
 #: Seconds a close frame may take to leave before the connection is dropped instead.
 CLOSE_TIMEOUT_S = 2.0
@@ -144,6 +146,7 @@ class Session:
         self.events = False
         self.last_activity = time.monotonic()
         self.sending_since: float | None = None  # a frame is being written (the client may not read)
+        self._sending = 0  # frames being written: audio and events by the sender, errors by the reader
         self.shutting_down = False
         self.close_reason: str | None = None
         self._drained = asyncio.Event()  # the sender waits for an event with nothing queued
@@ -169,19 +172,19 @@ class Session:
             message = parse_message(data, self.max_token_chars)
         except ProtocolError as exc:
             self.stream.count_error("protocol")
-            await self.ws.send_json({"error": str(exc)})
+            await self._send(self.ws.send_json, {"error": str(exc)})
             return
         if message.events is not None:
             self.events = message.events
         if message.cancel:
             self.stream.cancel()
             if self.events:
-                await self.ws.send_str(event_json(Cancelled()))
+                await self._send(self.ws.send_str, event_json(Cancelled()))
         if message.voice is not msgspec.UNSET:
             try:
                 await self.switch_voice(message.voice)
             except UnknownVoice as exc:
-                await self.ws.send_json({"error": str(exc)})
+                await self._send(self.ws.send_json, {"error": str(exc)})
         if message.token is not None or message.pitch_shift is not None:
             token = message.token or ""
             try:
@@ -191,13 +194,13 @@ class Session:
                     self.stream.push(token, message.pitch_shift)
             except PendingTextFull as exc:
                 self.stream.count_error("pending_text_full")
-                await self.ws.send_json({"error": str(exc)})
+                await self._send(self.ws.send_json, {"error": str(exc)})
         if message.flush:
             self.stream.flush()
 
     async def error(self, message: str) -> None:
         """Send this protocol's error message (``/ws/stream``: ``{"error": message}``)."""
-        await self.ws.send_json({"error": message})
+        await self._send(self.ws.send_json, {"error": message})
 
     async def handle_oversized(self, size: int, limit: int) -> None:
         """A frame of ``size`` bytes, over ``limit``: dropped unread, with the protocol's error.
@@ -209,14 +212,22 @@ class Session:
 
     async def handle_binary(self, data: bytes) -> None:
         """A binary frame: this protocol takes none (subclasses may answer in their own format)."""
-        await self.ws.send_json({"error": "binary frames are not accepted: send JSON text frames"})
+        await self._send(self.ws.send_json, {"error": "binary frames are not accepted: send JSON text frames"})
 
     async def _send(self, send: Callable[[Any], Any], data: Any) -> None:
-        self.sending_since = time.monotonic()
+        """Write one frame with ``send``; every frame a session writes goes through here, so a
+        client that does not read is closed (:meth:`watch`) whichever frame it leaves unread:
+        a client flooding tokens it is refused, and not reading the errors, blocks the reading
+        of its own messages and would otherwise hold its stream for good."""
+        if not self._sending:
+            self.sending_since = time.monotonic()
+        self._sending += 1
         try:
             await send(data)
         finally:
-            self.sending_since = None
+            self._sending -= 1
+            if not self._sending:
+                self.sending_since = None
         self.last_activity = time.monotonic()
 
     async def send_events(self) -> None:
@@ -312,8 +323,10 @@ async def serve_websocket(
     sender = asyncio.create_task(session.send_events())
     watcher = asyncio.create_task(session.watch())
     lost: str | None = None
+    spent = 0.0  # loop time on this client's messages since it last let the others in
     try:
         async for msg in ws:
+            started = time.perf_counter()
             session.last_activity = time.monotonic()
             if session.shutting_down:
                 continue
@@ -329,7 +342,10 @@ async def serve_websocket(
                 break
             if sender.done():
                 break
-            await asyncio.sleep(0)  # let other clients' messages in before this client's next one
+            spent += time.perf_counter() - started
+            if spent > LOOP_SLICE_S:  # let the other clients in before this client's next message
+                await asyncio.sleep(0)
+                spent = 0.0
     except (ConnectionError, RuntimeError) as exc:  # the client vanished while we answered it
         lost = f"connection lost ({type(exc).__name__})"
     finally:

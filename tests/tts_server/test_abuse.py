@@ -151,15 +151,23 @@ async def test_tokens_of_10000_characters_freeze_nobody(serve, token):
 #: server shares with the test, since sending never waits until the socket is full).
 FLOOD = """
 import asyncio, sys, time, aiohttp
-async def main(url, seconds, rate):
+async def main(url, seconds, rate, reads):
     async with aiohttp.ClientSession() as http, http.ws_connect(url) as conn:
+        if reads:  # the errors for the tokens refused over the pending-text bound
+            reader = asyncio.create_task(conn.receive())
         end, sent = time.monotonic() + seconds, 0
-        while time.monotonic() < end:
-            await conn.send_str('{"token": "x."}')
-            sent += 1
-            await asyncio.sleep(1 / rate if rate else 0)
-        print(sent)
-asyncio.run(main(sys.argv[1], float(sys.argv[2]), float(sys.argv[3])))
+        try:
+            while time.monotonic() < end:
+                await conn.send_str('{"token": "x."}')
+                sent += 1
+                await asyncio.sleep(1 / rate if rate else 0)
+                if reads and reader.done():
+                    reader = asyncio.create_task(conn.receive())
+        except ConnectionError:
+            print(sent, "dropped")
+            return
+        print(sent, "done")
+asyncio.run(main(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "read"))
 """
 
 
@@ -170,15 +178,39 @@ async def test_a_flood_of_tiny_tokens_leaves_the_others_served(serve, rate_per_s
 
     async def attack() -> None:
         flood = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", FLOOD, ws(base), "1.5", str(rate_per_s), stdout=asyncio.subprocess.PIPE
+            sys.executable, "-c", FLOOD, ws(base), "1.5", str(rate_per_s), "read", stdout=asyncio.subprocess.PIPE
         )
         out, _ = await flood.communicate()
-        assert flood.returncode == 0 and int(out) > 200
+        sent, ended = out.split()
+        assert flood.returncode == 0 and int(sent) > 200 and ended == b"done"
 
     ttfas, stall = await bystander_under(attack, base)
     assert max(ttfas) < BYSTANDER_TTFA_BOUND_S and stall < LOOP_STALL_BOUND_S, (ttfas, stall)
     async with aiohttp.ClientSession() as http, http.get(base + "/health") as r:
         assert r.status == 200
+
+
+async def test_a_flood_that_never_reads_its_errors_is_dropped(serve):
+    """Tokens refused over the pending-text bound each get an error; a flooder that reads none
+    fills the socket until the server's write of an error waits, and so does its reading of
+    the flooder's messages. The not-reading timeout applies to those writes as to audio."""
+    base, _ = await serve({"idle_timeout_s": 1.0})
+    flood = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FLOOD, ws(base), "60", "0", "no-read", stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            streams = []
+            for _ in range(200):  # the flooder connects, floods, and is dropped while it goes on
+                async with http.get(base + "/health") as r:
+                    streams.append((await r.json())["active_streams"])
+                if 1 in streams and streams[-1] == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert 1 in streams and streams[-1] == 0 and flood.returncode is None, streams
+    finally:
+        flood.kill()
+        await flood.wait()
 
 
 async def test_speak_refuses_text_that_would_speak_too_long_before_any_synthesis(serve):

@@ -53,6 +53,12 @@ KOKORO_LANGUAGES = {
     "p": "pt-br",
     "z": "cmn",
 }
+#: Length of the buffers espeak-ng hands the synth callback, ms of audio. Each callback
+#: runs Python and must take the GIL: with a busy event loop that wait is up to a GIL
+#: switch interval per callback, so 100 ms buffers made a 4-second sentence take 40 ms
+#: longer. 10 s holds any call (segments over :data:`MAX_CALL_CHARS` are cut), so one
+#: call is one callback; the buffer costs 10 s × 22 050 Hz × 2 bytes.
+CALLBACK_BUFFER_MS = 10_000
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
@@ -106,12 +112,18 @@ class _Library:
             ctypes.c_void_p,
             ctypes.c_void_p,
         ]
-        rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 100, data_dir.encode() if data_dir else None, 0)
+        rate = self.lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, CALLBACK_BUFFER_MS, data_dir.encode() if data_dir else None, 0
+        )
         if rate <= 0:
             raise EngineLoadError(f"espeak-ng: espeak_Initialize failed (data directory {data_dir!r})")
         self.sample_rate = int(rate)
         self.lock = threading.Lock()
         self._chunks: list[np.ndarray] = []
+        # What the library is set to: (voice, language, rate, pitch). Each
+        # ctypes call gives up the GIL and waits to take it back, so unchanged settings
+        # are not set again.
+        self._settings: tuple[str, str | None, int, int] | None = None
         self._callback = _SynthCallback(self._on_samples)  # keep a reference: the C side holds it
         self.lib.espeak_SetSynthCallback(self._callback)
 
@@ -133,6 +145,7 @@ class _Library:
             return self._set_language(language)
 
     def _set_language(self, language: str) -> bool:
+        self._settings = None
         spec = _VoiceSpec(languages=language.encode())
         return bool(language) and self.lib.espeak_SetVoiceByProperties(ctypes.byref(spec)) == 0
 
@@ -141,11 +154,15 @@ class _Library:
         data = text.encode("utf-8") + b"\0"
         with self.lock:
             self._chunks = []
-            by_language = language is not None and self._set_language(language)
-            if not by_language and self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise ValueError(f"espeak-ng has no voice named {voice!r}")
-            self.lib.espeak_SetParameter(_PARAM_RATE, rate_wpm, 0)
-            self.lib.espeak_SetParameter(_PARAM_PITCH, pitch, 0)
+            settings = (voice, language, rate_wpm, pitch)
+            if settings != self._settings:
+                by_language = language is not None and self._set_language(language)
+                if not by_language and self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                    self._settings = None
+                    raise ValueError(f"espeak-ng has no voice named {voice!r}")
+                self.lib.espeak_SetParameter(_PARAM_RATE, rate_wpm, 0)
+                self.lib.espeak_SetParameter(_PARAM_PITCH, pitch, 0)
+                self._settings = settings
             err = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
             if err != 0:
                 raise RuntimeError(f"espeak_Synth failed with code {err}")

@@ -63,7 +63,7 @@ class SopranoSession(Session):
 
     async def error(self, message: str) -> None:
         """Send this protocol's error message."""
-        await self.ws.send_json({"type": "error", "message": message})
+        await self._send(self.ws.send_json, {"type": "error", "message": message})
 
     async def handle_text(self, data: str) -> None:
         try:
